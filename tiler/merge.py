@@ -121,8 +121,13 @@ def sort_order(
     scores: Sequence[float] | np.ndarray,
     areas: Sequence[float] | np.ndarray,
     sorter: str = "score",
+    demote: np.ndarray | None = None,
 ) -> np.ndarray:
     """Processing order for greedy NMS (int64 indices, best first).
+
+    ``demote`` (optional bool per detection) puts flagged detections after all
+    others, whatever their score: used for detections cut by an inner tile edge,
+    so the neighbouring tile's whole view of the object wins the merge.
 
     ``"score"``: descending score, ties by ascending index.
     ``"intelligent"`` (after patched_yolo_infer's intelligent_sorter): descending
@@ -135,14 +140,20 @@ def sort_order(
         raise ValueError(f"sorter must be one of {SORTERS}, got {sorter!r}")
     s = np.asarray(scores, dtype=np.float64).ravel()
     idx = np.arange(len(s), dtype=np.int64)
+    primary: tuple[np.ndarray, ...] = ()
+    if demote is not None:
+        d = np.asarray(demote, dtype=bool).ravel()
+        if len(d) != len(s):
+            raise ValueError(f"demote has length {len(d)}, expected {len(s)} (same as scores)")
+        primary = (d,)
     if sorter == "score":
         # lexsort: last key is primary; idx as first key makes ties explicit.
-        return np.lexsort((idx, -s)).astype(np.int64, copy=False)
+        return np.lexsort((idx, -s) + primary).astype(np.int64, copy=False)
     a = np.nan_to_num(np.asarray(areas, dtype=np.float64).ravel(), nan=0.0)
     if len(a) != len(s):
         raise ValueError(f"areas has length {len(a)}, expected {len(s)} (same as scores)")
     bins = np.floor(s * 10.0 + _BIN_EPS)
-    return np.lexsort((idx, -s, -a, -bins)).astype(np.int64, copy=False)
+    return np.lexsort((idx, -s, -a, -bins) + primary).astype(np.int64, copy=False)
 
 
 def nms(
@@ -153,10 +164,11 @@ def nms(
     metric: str = "ios",
     class_agnostic: bool = True,
     sorter: str = "score",
+    demote: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy non-maximum suppression on real geometries.
 
-    Detections are visited in ``sort_order(scores, areas, sorter)``; each one not
+    Detections are visited in ``sort_order(scores, areas, sorter, demote)``; each one not
     yet suppressed is kept and suppresses every other detection whose overlap
     ``metric`` with it is ``> threshold``. With ``class_agnostic=False`` only
     detections of the same ``class_ids`` value suppress each other.
@@ -190,7 +202,7 @@ def nms(
         return np.empty(0, dtype=np.int64)
 
     g = _safe_geoms(g)
-    order = sort_order(s, _areas(g) if sorter == "intelligent" else np.zeros(n), sorter)
+    order = sort_order(s, _areas(g) if sorter == "intelligent" else np.zeros(n), sorter, demote)
 
     # Per-class mode: cross-class pairs are dropped before any intersection.
     i, j, value = pair_overlaps(g, metric, groups=None if class_agnostic else cls)

@@ -1,0 +1,181 @@
+"""One typed job configuration: every parameter, validated once, with one-line errors."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+MATCH_METRICS = ("ios", "iou")
+SORTERS = ("score", "intelligent")
+RUNNERS = ("auto", "local", "ray")
+
+
+def parse_size(value: Any, name: str = "patch_size") -> tuple[int, int]:
+    """640 -> (640, 640); '700x600' or (700, 600) -> (width, height)."""
+    original = value
+    if isinstance(value, str):
+        parts = value.lower().replace(",", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"{name} must be N or WxH, got {value!r}") from None
+        value = nums[0] if len(nums) == 1 else tuple(nums)
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a positive integer or (width, height), got {value!r}")
+    if isinstance(value, int):
+        value = (value, value)
+    try:
+        w, h = (int(v) for v in value)
+        if any(int(v) != v for v in value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a positive integer or (width, height), got {value!r}") from None
+    if w <= 0 or h <= 0:
+        raise ConfigError(f"{name} must be positive, got {original!r}")
+    return w, h
+
+
+def parse_overlap(value: Any) -> tuple[float, float]:
+    if isinstance(value, str):
+        parts = value.replace("x", ",").split(",")
+        try:
+            value = tuple(float(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"overlap must be a fraction in [0, 1), got {value!r}") from None
+        value = value[0] if len(value) == 1 else value
+    vals = (value, value) if isinstance(value, (int, float)) else tuple(value)
+    if len(vals) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        raise ConfigError(f"overlap must be a fraction in [0, 1) or a pair of them, got {value!r}")
+    for v in vals:
+        if not (0 <= v < 1) or math.isnan(v):
+            raise ConfigError(f"overlap must be in [0, 1), got {v!r}")
+    return float(vals[0]), float(vals[1])
+
+
+def parse_int_list(value: Any, name: str) -> tuple[int, ...] | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{name} must be a comma-separated list of integers, got {value!r}") from None
+    if isinstance(value, int):
+        value = [value]
+    out = tuple(int(v) for v in value)
+    if not out:
+        return None
+    return out
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Every parameter of a tiling job. Construct it, and it is valid or raises ConfigError."""
+
+    source: str
+    model: str
+    out: str | None = None
+    # tiling
+    patch_size: tuple[int, int] = (640, 640)
+    overlap: tuple[float, float] = (0.25, 0.25)
+    bands: tuple[int, ...] | None = None  # 1-based; default 1,2,3 (a single band is replicated)
+    # model
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int | None = None  # default: the larger patch side (no resizing of patches)
+    classes: tuple[int, ...] | None = None
+    max_det: int = 3000  # per patch: dense patches (hundreds of ships) must not be capped
+    batch_size: int = 8
+    device: str = "auto"
+    threads: int | None = None  # torch threads; default all cores
+    half: bool = False
+    # merge
+    nms_threshold: float = 0.5
+    match_metric: str = "ios"
+    class_agnostic: bool = False
+    sorter: str = "score"
+    # I/O
+    gdal_cache_mb: int = 256
+    progress: bool = True
+    # execution
+    runner: str = "local"
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
+        if not self.source:
+            raise ConfigError("source must be given")
+        if not self.model:
+            raise ConfigError("model must be given")
+        set_("source", os.fspath(self.source))
+        set_("model", os.fspath(self.model))
+        if self.out is not None:
+            set_("out", os.fspath(self.out))
+        set_("patch_size", parse_size(self.patch_size))
+        set_("overlap", parse_overlap(self.overlap))
+        set_("bands", parse_int_list(self.bands, "bands"))
+        if self.bands is not None and any(b < 1 for b in self.bands):
+            raise ConfigError(f"bands are 1-based, got {self.bands}")
+        if self.bands is not None and len(self.bands) not in (1, 3):
+            raise ConfigError(f"bands must name 1 or 3 bands, got {len(self.bands)}")
+        set_("classes", parse_int_list(self.classes, "classes"))
+        if self.classes is not None and any(c < 0 for c in self.classes):
+            raise ConfigError(f"classes must be >= 0, got {self.classes}")
+        for name in ("conf", "iou", "nms_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 1):
+                raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
+            set_(name, float(v))
+        if self.imgsz is not None:
+            if isinstance(self.imgsz, bool) or int(self.imgsz) != self.imgsz or self.imgsz < 32:
+                raise ConfigError(f"imgsz must be an integer >= 32, got {self.imgsz!r}")
+            set_("imgsz", int(self.imgsz))
+        for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
+        if self.match_metric not in MATCH_METRICS:
+            raise ConfigError(f"match_metric must be one of {', '.join(MATCH_METRICS)}, got {self.match_metric!r}")
+        if self.sorter not in SORTERS:
+            raise ConfigError(f"sorter must be one of {', '.join(SORTERS)}, got {self.sorter!r}")
+        if self.runner not in RUNNERS:
+            raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
+        if not (self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda")
+                or str(self.device).isdigit()):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
+        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
+            raise ConfigError("gpus_per_worker must be >= 0 and cpus_per_worker > 0")
+
+    @property
+    def model_imgsz(self) -> int:
+        """Inference size: patches go to the model at their own size unless imgsz says otherwise."""
+        return self.imgsz or max(self.patch_size)
+
+    @property
+    def gdal_cache_bytes(self) -> int:
+        return self.gdal_cache_mb * 2**20  # rasterio.Env(GDAL_CACHEMAX=...) takes bytes
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "JobConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown job parameter(s): {', '.join(unknown)}")
+        return cls(**dict(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def replace(self, **changes: Any) -> "JobConfig":
+        return JobConfig.from_mapping({**self.to_dict(), **changes})

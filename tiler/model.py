@@ -1,0 +1,112 @@
+"""Predictor: an Ultralytics model loaded once, predicting batches of patches into patch-local detections."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Never reach for the network: a model is a local file or an error.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+from .detections import Detections  # noqa: E402
+from .errors import ModelError  # noqa: E402
+
+TASKS = ("detect", "segment", "obb")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda:0' when CUDA is usable, else 'cpu' (a GPU actor on a GPU-less node still works)."""
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") or device.isdigit():
+        if not torch.cuda.is_available():
+            return "cpu"
+        return device if device.startswith("cuda") else f"cuda:{device}"
+    return device
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Use `threads` (default: all cores). Ultralytics resets torch to cores - 1 on every device
+    selection, which on small machines means 1 thread, so its constant is overridden too."""
+    import torch
+    from ultralytics.utils import torch_utils
+
+    n = threads or os.cpu_count() or 1
+    torch_utils.NUM_THREADS = n
+    torch.set_num_threads(n)
+    return n
+
+
+def load_model(path: str | os.PathLike):
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model file not found: {path}")
+    if p.suffix.lower() != ".pt":
+        raise ModelError(f"model must be an Ultralytics PyTorch .pt file, got {path}")
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(p))
+        model.names  # noqa: B018  (forces the weights to load now, not at the first batch)
+    except Exception as exc:  # Ultralytics raises many types for a bad file; all mean "not a model"
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load model {path}: {msg}") from None
+    if model.task not in TASKS:
+        raise ModelError(f"model {path} is a {model.task!r} model; tiler supports {', '.join(TASKS)}")
+    return model
+
+
+class Predictor:
+    """Loads the model once; `predict(patches)` runs one batched forward pass.
+
+    Patches are RGB uint8 (h, w, 3) arrays, all of the same size. Results are patch-local detections whose
+    `window` field is the patch's position in the batch.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
+                 classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
+                 threads: int | None = None, half: bool = False):
+        self.model_path = os.fspath(model_path)
+        self.model = load_model(self.model_path)
+        self.task: str = self.model.task
+        self.names: dict[int, str] = dict(self.model.names)
+        if classes is not None:
+            unknown = [c for c in classes if c not in self.names]
+            if unknown:
+                raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
+        self.device = resolve_device(device)
+        self.threads = set_torch_threads(threads) if self.device == "cpu" else threads
+        self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,
+                         max_det=max_det, device=self.device, half=half and self.device != "cpu", verbose=False)
+
+    def predict(self, patches: list[np.ndarray]) -> Detections:
+        if not patches:
+            return Detections.empty()
+        # Ultralytics takes numpy images as BGR (OpenCV order)
+        results = self.model.predict([np.ascontiguousarray(p[..., ::-1]) for p in patches], **self.args)
+        return Detections.concat([self._extract(r, k) for k, r in enumerate(results)])
+
+    def _extract(self, result, window: int) -> Detections:
+        if self.task == "obb":
+            obb = result.obb
+            if obb is None or len(obb) == 0:
+                return Detections.empty()
+            return Detections.from_polygons(obb.xyxyxyxy.cpu().numpy().astype(np.float64),
+                                            obb.cls.cpu().numpy(), obb.conf.cpu().numpy(), window)
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return Detections.empty()
+        cls, conf = boxes.cls.cpu().numpy(), boxes.conf.cpu().numpy()
+        if self.task == "segment" and result.masks is not None:
+            # masks.xy: the largest contour of each mask, already mapped back through the letterbox
+            # (scale and padding) to patch pixels.
+            return Detections.from_polygons(result.masks.xy, cls, conf, window)
+        x0, y0, x1, y1 = boxes.xyxy.cpu().numpy().astype(np.float64).T
+        corners = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
+                            np.stack([x0, y1], 1)], axis=1)
+        return Detections.from_polygons(corners, cls, conf, window)

@@ -1,0 +1,84 @@
+"""The stages every runner composes: plan windows, infer a batch of windows, merge.
+
+These know nothing of Ray or threads. The in-process runner calls them in a loop; the Ray runner calls the
+same objects inside tasks and actors, which is why both produce identical results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import JobConfig
+from .detections import Detections, to_global
+from .grid import WindowGrid, plan_windows, select_windows_with_data
+from .merge import nms
+from .model import Predictor
+from .raster import RasterSource
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    grid: WindowGrid
+    origins: np.ndarray  # (n_run, 2) int64 x0, y0 of windows to run, row-major
+    window_ids: np.ndarray  # (n_run,) int64 ids in the full grid
+    skipped: int  # windows holding only nodata
+
+    @property
+    def planned(self) -> int:
+        return len(self.grid)
+
+
+def open_source(cfg: JobConfig) -> RasterSource:
+    return RasterSource(cfg.source, bands=cfg.bands)
+
+
+def plan(cfg: JobConfig, source: RasterSource) -> WindowPlan:
+    """All windows of the grid, minus those that are entirely nodata (judged on a decimated mask)."""
+    grid = plan_windows(source.width, source.height, cfg.patch_size, cfg.overlap)
+    origins = grid.origins()
+    ids = np.arange(len(grid), dtype=np.int64)
+    if source.has_mask:
+        mask, sx, sy = source.coarse_valid_mask()
+        keep = select_windows_with_data(grid, mask, sx, sy)
+        origins, ids = origins[keep], ids[keep]
+    return WindowPlan(grid, origins, ids, len(grid) - len(ids))
+
+
+def make_predictor(cfg: JobConfig) -> Predictor:
+    return Predictor(cfg.model, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.model_imgsz, classes=cfg.classes,
+                     max_det=cfg.max_det, device=cfg.device, threads=cfg.threads, half=cfg.half)
+
+
+def read_patches(source: RasterSource, cfg: JobConfig, origins: np.ndarray, window_ids: np.ndarray
+                 ) -> list[np.ndarray]:
+    pw, ph = cfg.patch_size
+    return [source.read(int(x), int(y), pw, ph, window_id=int(w)) for (x, y), w in zip(origins, window_ids)]
+
+
+def has_data(patch: np.ndarray) -> bool:
+    return bool(patch.any())
+
+
+def infer_patches(predictor: Predictor, cfg: JobConfig, raster_size: tuple[int, int], patches: list[np.ndarray],
+                  origins: np.ndarray, window_ids: np.ndarray) -> Detections:
+    """Predict a batch of patches and return detections in global pixel coordinates.
+
+    Patches that read back entirely empty (nodata the coarse mask could not rule out) skip the model."""
+    live = [k for k, p in enumerate(patches) if has_data(p)]
+    if not live:
+        return Detections.empty()
+    local = predictor.predict([patches[k] for k in live])
+    return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], cfg.patch_size, raster_size)
+
+
+def merge(cfg: JobConfig, dets: Detections) -> Detections:
+    """Global NMS on the real polygons; detections cut by inner window edges rank last."""
+    if not len(dets):
+        return dets
+    keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold,
+               metric=cfg.match_metric, class_agnostic=cfg.class_agnostic, sorter=cfg.sorter,
+               demote=dets.on_seam)
+    merged = dets.take(keep)
+    return merged.take(merged.sort_key())

@@ -1,0 +1,1 @@
+"""Runners wire the stages of `tiler.pipeline` together; they hold no algorithms."""

@@ -1,0 +1,68 @@
+"""In-process runner: read the next batch in a thread while the model predicts the current one."""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import JobConfig
+from ..detections import Detections
+from ..pipeline import infer_patches, make_predictor, merge, open_source, plan, read_patches
+from ..raster import gdal_env
+from ..result import JobResult, JobStats
+
+
+def run_local(cfg: JobConfig) -> JobResult:
+    t_start = time.perf_counter()
+    stats = JobStats(runner="local")
+    with gdal_env(cfg.gdal_cache_bytes):
+        t = time.perf_counter()
+        source = open_source(cfg)
+        window_plan = plan(cfg, source)
+        stats.add_time("plan", time.perf_counter() - t)
+        t = time.perf_counter()
+        predictor = make_predictor(cfg)
+        stats.add_time("load_model", time.perf_counter() - t)
+        stats.windows_planned, stats.windows_skipped = window_plan.planned, window_plan.skipped
+        n = len(window_plan.window_ids)
+        starts = list(range(0, n, cfg.batch_size))
+        parts: list[Detections] = []
+        raster_size = (source.width, source.height)
+
+        def read(start: int):
+            t0 = time.perf_counter()
+            sl = slice(start, start + cfg.batch_size)
+            patches = read_patches(source, cfg, window_plan.origins[sl], window_plan.window_ids[sl])
+            return sl, patches, time.perf_counter() - t0
+
+        bar = tqdm(total=n, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
+        # GDAL releases the GIL while decoding, so the next read overlaps this batch's forward pass
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(read, starts[0]) if starts else None
+            for k in range(len(starts)):
+                sl, patches, read_s = pending.result()
+                pending = pool.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
+                stats.add_time("read", read_s)
+                t = time.perf_counter()
+                dets = infer_patches(predictor, cfg, raster_size, patches, window_plan.origins[sl],
+                                     window_plan.window_ids[sl])
+                stats.add_time("predict", time.perf_counter() - t)
+                stats.windows_empty += sum(1 for p in patches if not p.any())
+                parts.append(dets)
+                bar.update(len(patches))
+        bar.close()
+        raw = Detections.concat(parts)
+        t = time.perf_counter()
+        merged = merge(cfg, raw)
+        stats.add_time("merge", time.perf_counter() - t)
+        stats.raw_detections, stats.kept_detections = len(raw), len(merged)
+        stats.windows_run = n - stats.windows_empty
+        result = JobResult(merged, predictor.names, predictor.task, source.georeferenced and source.transform,
+                           source.crs if source.georeferenced else None, stats, cfg)
+        source.close()
+    stats.add_time("total", time.perf_counter() - t_start)
+    return result

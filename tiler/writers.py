@@ -1,0 +1,101 @@
+"""Writers: GeoJSON (RFC 7946, streamed) and GeoJSON text sequences, always written atomically.
+
+Every feature carries `class_id`, `class_name`, `score` and `bbox_px` ([x0, y0, x1, y1] global pixels).
+Georeferenced rasters give lon/lat (EPSG:4326, counter-clockwise exteriors, no `crs` member).
+Rasters without georeferencing give pixel coordinates (x right, y down), said in a top-level member.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, TextIO
+
+import numpy as np
+
+from .detections import Detections
+from .errors import OutputError
+from .georef import DECIMALS_LONLAT, DECIMALS_PIXEL, Georeferencer, global_lonlat
+
+FORMATS = {".geojson": "geojson", ".json": "geojson", ".geojsonl": "geojsonseq", ".geojsons": "geojsonseq",
+           ".geojsonseq": "geojsonseq"}
+PIXEL_SPACE_NOTE = "pixel coordinates of the source image: x to the right, y down, origin at its top-left corner"
+
+
+def output_format(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise OutputError(f"unsupported output format {suffix or '(none)'} for {path}; "
+                          f"use one of {', '.join(sorted(FORMATS))}")
+    return FORMATS[suffix]
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work if the output could not be written."""
+    p = Path(path)
+    output_format(p)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output folder is not writable: {parent}")
+    return p
+
+
+@contextmanager
+def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
+    """Write to a hidden temporary file beside `path` and rename on success; nothing is left on failure."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _features(dets: Detections, names: dict[int, str], geo: Georeferencer | None) -> Iterator[dict]:
+    if geo is not None:
+        coords = np.round(global_lonlat(dets, geo), DECIMALS_LONLAT)
+    else:
+        coords = np.round(dets.coords, DECIMALS_PIXEL)
+    bbox = np.round(dets.bounds(), DECIMALS_PIXEL).tolist()
+    scores = np.round(dets.score.astype(np.float64), 5).tolist()
+    classes = dets.class_id.tolist()
+    off = dets.offsets.tolist()
+    flat = coords.tolist()
+    for k in range(len(dets)):
+        ring = flat[off[k]:off[k + 1]]
+        ring.append(ring[0])
+        yield {"type": "Feature",
+               "geometry": {"type": "Polygon", "coordinates": [ring]},
+               "properties": {"class_id": classes[k], "class_name": names.get(classes[k], str(classes[k])),
+                              "score": scores[k], "bbox_px": bbox[k]}}
+
+
+def write_detections(path: str | os.PathLike, dets: Detections, names: dict[int, str],
+                     geo: Georeferencer | None, meta: dict | None = None) -> Path:
+    """Write `dets` to `path` (format from the suffix), streaming feature by feature."""
+    path = check_output_path(path)
+    fmt = output_format(path)
+    dumps = lambda obj: json.dumps(obj, separators=(",", ":"), allow_nan=False)  # noqa: E731
+    with atomic_text(path) as f:
+        if fmt == "geojsonseq":
+            for feat in _features(dets, names, geo):
+                f.write("\x1e" + dumps(feat) + "\n")  # RFC 8142 record separator
+            return path
+        head = {"type": "FeatureCollection"}
+        if geo is None:
+            head["coordinate_space"] = "pixel"
+            head["coordinate_space_note"] = PIXEL_SPACE_NOTE
+        if meta:
+            head["tiler"] = meta
+        f.write(dumps(head)[:-1] + ',"features":[')
+        for k, feat in enumerate(_features(dets, names, geo)):
+            f.write(("\n" if k == 0 else ",\n") + dumps(feat))
+        f.write("\n]}\n")
+    return path
