@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from numbers import Integral, Real
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
@@ -47,8 +49,11 @@ def parse_overlap(value: Any) -> tuple[float, float]:
         except ValueError:
             raise ConfigError(f"overlap must be a fraction in [0, 1), got {value!r}") from None
         value = value[0] if len(value) == 1 else value
-    vals = (value, value) if isinstance(value, (int, float)) else tuple(value)
-    if len(vals) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+    try:
+        vals = (value, value) if isinstance(value, Real) else tuple(value)
+    except TypeError:
+        raise ConfigError(f"overlap must be a fraction in [0, 1) or a pair of them, got {value!r}") from None
+    if len(vals) != 2 or not all(isinstance(v, Real) and not isinstance(v, bool) for v in vals):
         raise ConfigError(f"overlap must be a fraction in [0, 1) or a pair of them, got {value!r}")
     for v in vals:
         if not (0 <= v < 1) or math.isnan(v):
@@ -64,12 +69,27 @@ def parse_int_list(value: Any, name: str) -> tuple[int, ...] | None:
             value = [int(v) for v in value.split(",") if v.strip()]
         except ValueError:
             raise ConfigError(f"{name} must be a comma-separated list of integers, got {value!r}") from None
-    if isinstance(value, int):
+    if isinstance(value, Integral) and not isinstance(value, bool):
         value = [value]
-    out = tuple(int(v) for v in value)
+    try:
+        out = tuple(_whole(v, name) for v in value)
+    except TypeError:
+        raise ConfigError(f"{name} must be a list of integers, got {value!r}") from None
     if not out:
         return None
     return out
+
+
+def _whole(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (Integral, str, float)):
+        raise ConfigError(f"{name} must be integers, got {v!r}")
+    try:
+        f = float(v)
+    except ValueError:
+        raise ConfigError(f"{name} must be integers, got {v!r}") from None
+    if not math.isfinite(f) or f != int(f):
+        raise ConfigError(f"{name} must be integers, got {v!r}")
+    return int(f)
 
 
 @dataclass(frozen=True)
@@ -130,18 +150,19 @@ class JobConfig:
             raise ConfigError(f"classes must be >= 0, got {self.classes}")
         for name in ("conf", "iou", "nms_threshold"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 1):
+            if isinstance(v, bool) or not isinstance(v, Real) or not (0 <= v <= 1):
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
             set_(name, float(v))
         if self.imgsz is not None:
-            if isinstance(self.imgsz, bool) or int(self.imgsz) != self.imgsz or self.imgsz < 32:
+            if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, Integral) or self.imgsz < 32:
                 raise ConfigError(f"imgsz must be an integer >= 32, got {self.imgsz!r}")
             set_("imgsz", int(self.imgsz))
         for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, Integral)
+                                         or self.threads < 1):
             raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
         if self.match_metric not in MATCH_METRICS:
             raise ConfigError(f"match_metric must be one of {', '.join(MATCH_METRICS)}, got {self.match_metric!r}")
@@ -149,13 +170,16 @@ class JobConfig:
             raise ConfigError(f"sorter must be one of {', '.join(SORTERS)}, got {self.sorter!r}")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
-        if not (self.device == "auto" or self.device == "cpu" or str(self.device).startswith("cuda")
-                or str(self.device).isdigit()):
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|\d+", str(self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, Integral)
+                                         or self.workers < 1):
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
-        if self.gpus_per_worker < 0 or self.cpus_per_worker <= 0:
-            raise ConfigError("gpus_per_worker must be >= 0 and cpus_per_worker > 0")
+        for name, ok in (("gpus_per_worker", lambda v: v >= 0), ("cpus_per_worker", lambda v: v > 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not ok(v):
+                raise ConfigError(f"{name} must be a number {'>= 0' if name[0] == 'g' else '> 0'}, got {v!r}")
+            set_(name, float(v))
 
     @property
     def model_imgsz(self) -> int:

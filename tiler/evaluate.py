@@ -82,3 +82,61 @@ def read_dota_labels(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
         polys.append(shapely.Polygon(xy))
         difficult.append(len(parts) > 9 and parts[9] == "1")
     return np.array(names), np.array(polys, dtype=object), np.array(difficult, bool)
+
+
+def truth_geometries(polygons: np.ndarray, task: str) -> np.ndarray:
+    """What a perfect model of `task` would output for these object polygons."""
+    if task == "detect":
+        return shapely.envelope(polygons)
+    if task == "obb":
+        return shapely.oriented_envelope(polygons)
+    return polygons
+
+
+def load_prediction_pixels(pred_path: str | Path, transform, crs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(class ids, scores, polygons in source pixels) from a tiler GeoJSON.
+
+    Lon/lat output is projected back through the raster's CRS and inverse transform, so scoring in pixels
+    also checks that the georeferencing put every polygon on its object."""
+    import json
+
+    from pyproj import Transformer
+
+    fc = json.loads(Path(pred_path).read_text())
+    feats = fc["features"]
+    classes = np.array([f["properties"]["class_id"] for f in feats], dtype=np.int64)
+    scores = np.array([f["properties"]["score"] for f in feats], dtype=np.float64)
+    rings = [np.asarray(f["geometry"]["coordinates"][0], dtype=np.float64) for f in feats]
+    if not rings:
+        return classes, scores, np.empty(0, dtype=object)
+    counts = np.array([len(r) for r in rings])
+    xy = np.concatenate(rings)
+    if fc.get("coordinate_space") != "pixel":
+        x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(xy[:, 0], xy[:, 1])
+        inv = ~transform
+        xy = np.column_stack([inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f])
+    polys = shapely.polygons(shapely.linearrings(xy, indices=np.repeat(np.arange(len(rings)), counts)))
+    return classes, scores, polys
+
+
+def score_scene(pred_path: str | Path, truth_path: str | Path, raster_path: str | Path, task: str,
+                iou_threshold: float = 0.5) -> dict[str, Score]:
+    """Per-class and overall scores of a tiler GeoJSON against a synthetic scene's ground truth."""
+    import json
+
+    import rasterio
+
+    from .synth import CLASS_NAMES
+
+    with rasterio.open(raster_path) as ds:
+        transform, crs = ds.transform, ds.crs
+    truth = json.loads(Path(truth_path).read_text())["features"]
+    t_cls = np.array([f["properties"]["class_id"] for f in truth], dtype=np.int64)
+    t_geo = truth_geometries(np.array([shapely.Polygon(f["properties"]["pixel_polygon"]) for f in truth],
+                                      dtype=object), task)
+    p_cls, p_score, p_geo = load_prediction_pixels(pred_path, transform, crs)
+    out = {}
+    for c, name in enumerate(CLASS_NAMES):
+        out[name] = match(p_geo[p_cls == c], p_score[p_cls == c], t_geo[t_cls == c], iou_threshold)
+    out["all"] = Score(*(sum(getattr(s, k) for s in out.values()) for k in ("tp", "fp", "fn")))
+    return out

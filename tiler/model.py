@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -42,6 +43,28 @@ def set_torch_threads(threads: int | None) -> int:
     return n
 
 
+def disable_nms_time_limit() -> None:
+    """Make Ultralytics' NMS finish every image of a batch.
+
+    Its non_max_suppression stops after 2 s + 0.05 s per image and silently returns no detections for the
+    rest of the batch. Rotated-box NMS on a busy CPU exceeds that, which loses whole patches at random.
+    Tiler wants every patch, always, so the limit is lifted (idempotent; the predictors look the function
+    up on the module at call time)."""
+    from ultralytics.utils import nms
+
+    if getattr(nms.non_max_suppression, "_tiler_unlimited", False):
+        return
+    original = nms.non_max_suppression
+
+    @functools.wraps(original)
+    def non_max_suppression(*args, **kwargs):
+        kwargs["max_time_img"] = float("inf")
+        return original(*args, **kwargs)
+
+    non_max_suppression._tiler_unlimited = True
+    nms.non_max_suppression = non_max_suppression
+
+
 def load_model(path: str | os.PathLike):
     p = Path(path)
     if not p.is_file():
@@ -79,6 +102,7 @@ class Predictor:
             unknown = [c for c in classes if c not in self.names]
             if unknown:
                 raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
+        disable_nms_time_limit()
         self.device = resolve_device(device)
         self.threads = set_torch_threads(threads) if self.device == "cpu" else threads
         self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,

@@ -22,8 +22,8 @@ from rasterio.windows import Window
 
 from .errors import RasterError, WindowReadError
 
-OVERVIEW_SIZE = 1024
-STRIPED_WARN_SIZE = 2048  # longest side of the decimated read used for the stretch and the validity mask
+OVERVIEW_SIZE = 1024  # longest side of the decimated read used for the stretch and the validity mask
+STRIPED_WARN_SIZE = 2048  # warn about untiled rasters only above this side: small frames are cheap to read
 
 
 class StripedRasterWarning(UserWarning):
@@ -41,8 +41,8 @@ class Stretch:
         """(bands, h, w) any dtype -> (bands, h, w) uint8."""
         low = self.low[:, None, None]
         scale = 255.0 / np.maximum(self.high - self.low, 1e-12)[:, None, None]
-        out = (data.astype(np.float32) - low) * scale
-        return np.clip(out, 0, 255).astype(np.uint8)
+        out = np.nan_to_num((data.astype(np.float32) - low) * scale, nan=0.0)
+        return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
 
 
 class RasterSource:
@@ -153,8 +153,9 @@ class RasterSource:
     def coarse_valid_mask(self) -> tuple[np.ndarray, float, float]:
         """(mask, scale_x, scale_y): a decimated boolean map of where the raster has data.
 
-        The mask is decimated by averaging (GDAL serves it from mask overviews when present) and any
-        non-zero coarse pixel, grown by one coarse pixel, counts as data: skipping stays conservative.
+        The mask is decimated by root-mean-square (255 * sqrt(valid fraction), which stays above zero for a
+        lone valid pixel where an average would round to 0; GDAL serves it from mask overviews when
+        present) and any non-zero coarse pixel, grown by one coarse pixel, counts as data.
         Windows that pass but read back empty are still caught before the model runs.
         """
         h, w = self._overview_shape()
@@ -162,7 +163,7 @@ class RasterSource:
             return np.ones((h, w), dtype=bool), self.width / w, self.height / h
         ds = self.dataset
         try:
-            m = ds.read_masks(self.bands[0], out_shape=(h, w), resampling=Resampling.average)
+            m = ds.read_masks(self.bands[0], out_shape=(h, w), resampling=Resampling.rms)
         except (RasterioIOError, RasterioError) as exc:
             raise RasterError(f"cannot read the mask of {self.uri}: {_first_line(exc)}") from None
         valid = cv2.dilate((m > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0

@@ -334,6 +334,29 @@ _FIELD_COLORS = np.array([[96, 128, 60], [120, 140, 70], [150, 130, 90], [110, 1
 
 
 _GRAIN = 512
+_SHIFT = 4  # sub-pixel bits for OpenCV drawing
+
+
+def _paint(img: np.ndarray, x0: int, y0: int, poly: np.ndarray, color, line: bool = False) -> None:
+    """Blend an anti-aliased polygon (or a 2-point line) given in global pixels into the window at (x0, y0).
+
+    Coverage is drawn on a canvas fixed to the shape's own global bounding box, never clipped by the window,
+    so every window (and every 512-px block of a written scene) gets exactly the same pixels."""
+    gx0, gy0 = int(np.floor(poly[:, 0].min())) - 2, int(np.floor(poly[:, 1].min())) - 2
+    gx1, gy1 = int(np.ceil(poly[:, 0].max())) + 2, int(np.ceil(poly[:, 1].max())) + 2
+    h, w = img.shape[:2]
+    ox0, oy0, ox1, oy1 = max(gx0, x0), max(gy0, y0), min(gx1, x0 + w), min(gy1, y0 + h)
+    if ox1 <= ox0 or oy1 <= oy0:
+        return
+    canvas = np.zeros((gy1 - gy0, gx1 - gx0), np.uint8)
+    pts = np.round((poly - (gx0, gy0) - 0.5) * (1 << _SHIFT)).astype(np.int32)
+    if line:
+        cv2.line(canvas, tuple(pts[0]), tuple(pts[1]), 255, 1, lineType=cv2.LINE_AA, shift=_SHIFT)
+    else:
+        cv2.fillPoly(canvas, [pts], 255, lineType=cv2.LINE_AA, shift=_SHIFT)
+    alpha = canvas[oy0 - gy0:oy1 - gy0, ox0 - gx0:ox1 - gx0, None].astype(np.float32) / 255.0
+    region = img[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+    region[:] = np.rint(alpha * np.asarray(color, np.float32) + (1.0 - alpha) * region)
 
 
 @lru_cache(maxsize=8)
@@ -378,27 +401,22 @@ def _render(spec: SceneSpec, x0: int, y0: int, width: int, height: int) -> np.nd
             img[d < 0.6] = (200, 200, 190)
     img = np.clip(img, 1, 255).astype(np.uint8)
     # objects: shadows first, then bodies; polygons drawn with sub-pixel precision
-    objects = list(spec.objects_in(x0, y0, x0 + width, y0 + height))
-    shift = 4
+    # objects: shadows first, then bodies. The reach covers shadows cast across a cell border.
+    reach = 8
+    objects = list(spec.objects_in(x0 - reach, y0 - reach, x0 + width + reach, y0 + height + reach))
     for obj in objects:
         if obj.shadow:
-            pts = np.round((obj.polygon - (x0 - 3.0, y0 - 4.0) - 0.5) * (1 << shift)).astype(np.int32)
-            cv2.fillPoly(img, [pts], (35, 38, 30), lineType=cv2.LINE_AA, shift=shift)
+            _paint(img, x0, y0, obj.polygon + (3.0, 4.0), (35, 38, 30))
     for obj in objects:
-        pts = np.round((obj.polygon - (x0, y0) - 0.5) * (1 << shift)).astype(np.int32)
-        cv2.fillPoly(img, [pts], obj.color, lineType=cv2.LINE_AA, shift=shift)
+        p = obj.polygon
+        _paint(img, x0, y0, p, obj.color)
         if obj.class_id == 0:  # windscreen: a dark band across the front third
-            p = obj.polygon
             front = np.array([p[1] * 0.7 + p[0] * 0.3, p[1] * 0.85 + p[0] * 0.15, p[2] * 0.85 + p[3] * 0.15,
                               p[2] * 0.7 + p[3] * 0.3])
-            pts = np.round((front - (x0, y0) - 0.5) * (1 << shift)).astype(np.int32)
-            cv2.fillPoly(img, [pts], (30, 40, 50), lineType=cv2.LINE_AA, shift=shift)
+            _paint(img, x0, y0, front, (30, 40, 50))
         elif obj.class_id == 1:  # roof ridge
-            p = obj.polygon
-            a, b = (p[0] + p[-1]) / 2, (p[1] + p[2]) / 2 if len(p) == 4 else (p[1] + p[2]) / 2
-            q = np.round((np.array([a, b]) - (x0, y0) - 0.5) * (1 << shift)).astype(np.int32)
-            shade = tuple(int(c * 0.75) for c in obj.color)
-            cv2.line(img, tuple(q[0]), tuple(q[1]), shade, 1, lineType=cv2.LINE_AA, shift=shift)
+            ridge = np.array([(p[0] + p[-1]) / 2, (p[1] + p[2]) / 2])
+            _paint(img, x0, y0, ridge, tuple(int(c * 0.75) for c in obj.color), line=True)
     # nodata: the margin, and anything outside the scene
     outside = np.broadcast_to(spec.in_nodata(xs, ys) | (xs >= spec.width) | (ys >= spec.height), (height, width))
     if outside.any():
@@ -568,6 +586,7 @@ def write_training_set(root: str | os.PathLike, seeds: list[int], patches_per_sc
     for task in tasks:
         data = root / task / "data.yaml"
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASS_NAMES))
-        data.write_text(f"path: {(root / task).resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+        val = "images/val" if val_seeds else "images/train"  # Ultralytics needs a val split to exist
+        data.write_text(f"path: {(root / task).resolve()}\ntrain: images/train\nval: {val}\nnames:\n{names}\n")
         out[task] = data
     return out

@@ -36,6 +36,8 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """Fail before any work if the output could not be written."""
     p = Path(path)
     output_format(p)
+    if p.exists() and not p.is_file():
+        raise OutputError(f"output path exists and is not a file: {p}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise OutputError(f"output folder does not exist: {parent}")

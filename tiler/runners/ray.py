@@ -1,0 +1,224 @@
+"""Ray runner: the same stages as the in-process runner, wired into a Ray Data pipeline.
+
+    window coordinates (driver) -> read (CPU tasks; each worker opens the raster URI itself)
+        -> predict (actor pool; the model is loaded once per actor, on a GPU when the actor has one)
+        -> detections streamed back to the driver -> merge -> writer
+
+The driver never touches pixels: it plans the windows (from raster metadata and a decimated mask) and
+ships only their coordinates. Lost actors and workers are retried by Ray; a window that cannot be read is
+an error naming the window, raised once, not retried forever.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..config import JobConfig
+from ..detections import Detections
+from ..errors import ConfigError, TilerError
+from ..pipeline import infer_patches, make_predictor, merge, open_source, plan, read_patches
+from ..raster import RasterSource, gdal_env
+from ..result import JobResult, JobStats
+
+# Test hook: when this names a file that does not exist yet, the first actor batch creates it and kills
+# its own process, so tests can prove a lost actor leaves the job complete and identical.
+CRASH_ONCE_ENV = "TILER_TEST_CRASH_ONCE"
+WINDOWS_PER_BLOCK = 64  # each read task carries many windows: scheduling cost stays small per window
+
+_SOURCES: dict[tuple, RasterSource] = {}  # per worker process: raster opened once, reused by later tasks
+
+
+def _worker_source(cfg: JobConfig) -> RasterSource:
+    key = (cfg.source, cfg.bands)
+    if key not in _SOURCES:
+        _SOURCES[key] = open_source(cfg)
+    return _SOURCES[key]
+
+
+def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig) -> dict[str, np.ndarray]:
+    """Ray Data task: read the patches of some model batches on the worker.
+
+    A row is one model batch (`cfg.batch_size` windows, padded arrays plus a count), exactly as the local
+    runner groups windows, so the model sees identical batches and both runners give identical output."""
+    with gdal_env(cfg.gdal_cache_bytes):
+        source = _worker_source(cfg)
+        packed = []
+        for count, wid, x0, y0 in zip(batch["count"], batch["window_id"], batch["x0"], batch["y0"]):
+            origins = np.stack([x0[:count], y0[:count]], axis=1)
+            packed.append(pickle.dumps(np.stack(read_patches(source, cfg, origins, wid[:count])), protocol=5))
+    return {**batch, "raster_w": np.full(len(packed), source.width), "raster_h": np.full(len(packed), source.height),
+            "patches": np.array(packed, dtype=object)}
+
+
+class PredictActor:
+    """Ray Data actor: loads the model once, predicts one model batch of patches into global detections."""
+
+    def __init__(self, cfg: JobConfig):
+        # A GPU-less node still gets a working actor: resolve_device falls back to CPU.
+        threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
+        self.cfg = cfg.replace(threads=threads)
+        self.predictor = make_predictor(self.cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        crash_file = os.environ.get(CRASH_ONCE_ENV)
+        if crash_file and not os.path.exists(crash_file):
+            with open(crash_file, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)  # simulate a lost actor mid-batch
+        out = {"detections": [], "windows": [], "empty": []}
+        for k in range(len(batch["count"])):
+            count = int(batch["count"][k])
+            patches = list(pickle.loads(batch["patches"][k]))
+            origins = np.stack([batch["x0"][k][:count], batch["y0"][k][:count]], axis=1)
+            raster_size = (int(batch["raster_w"][k]), int(batch["raster_h"][k]))
+            dets = infer_patches(self.predictor, self.cfg, raster_size, patches, origins,
+                                 batch["window_id"][k][:count])
+            out["detections"].append(pickle.dumps(dets, protocol=5))  # columnar detections travel as one object
+            out["windows"].append(count)
+            out["empty"].append(sum(1 for p in patches if not p.any()))
+        return {"detections": np.array(out["detections"], dtype=object), "windows": np.array(out["windows"]),
+                "empty": np.array(out["empty"])}
+
+
+def _batch_rows(window_ids: np.ndarray, origins: np.ndarray, batch_size: int) -> list[dict]:
+    """One row per model batch, in window order; fixed-length (padded) arrays so blocks stay columnar."""
+    rows = []
+    for start in range(0, len(window_ids), batch_size):
+        sl = slice(start, start + batch_size)
+        count = len(window_ids[sl])
+        pad = lambda a: np.pad(np.asarray(a, np.int64), (0, batch_size - count))  # noqa: E731
+        rows.append({"start": start, "count": count, "window_id": pad(window_ids[sl]),
+                     "x0": pad(origins[sl, 0]), "y0": pad(origins[sl, 1])})
+    return rows
+
+
+def _init_ray(cfg: JobConfig) -> bool:
+    """Join `cfg.address`, or start an embedded local Ray sized to this machine. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                  runtime_env={"env_vars": {"YOLO_OFFLINE": "1"}})
+    if cfg.address:
+        ray.init(address=cfg.address, **kwargs)
+        return False
+    ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+    return True
+
+
+def _actor_plan(cfg: JobConfig) -> tuple[int, int, float]:
+    """(min, max) pool size and GPUs per actor for the resources the cluster really has."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    gpu_each = cfg.gpus_per_worker
+    if gpu_each > 0 and gpus == 0:
+        # a GPU stage on a cluster without GPUs would wait forever: run on CPU instead, and say so
+        warnings.warn("no GPUs in the Ray cluster: predicting on CPU", RuntimeWarning, stacklevel=3)
+        gpu_each = 0.0
+    if cfg.workers:
+        return cfg.workers, cfg.workers, gpu_each
+    if gpu_each > 0:
+        n = max(1, int(gpus / gpu_each))
+    else:
+        # leave a core for the read tasks when there is more than one
+        n = max(1, int((cpus - (1 if cpus > 1 else 0)) / cfg.cpus_per_worker))
+    return 1, n, gpu_each
+
+
+def run_ray(cfg: JobConfig) -> JobResult:
+    import ray
+
+    t_start = time.perf_counter()
+    stats = JobStats(runner="ray")
+    if cfg.gpus_per_worker > 0 and cfg.gpus_per_worker > 1 and int(cfg.gpus_per_worker) != cfg.gpus_per_worker:
+        raise ConfigError(f"gpus_per_worker above 1 must be whole, got {cfg.gpus_per_worker}")
+    with gdal_env(cfg.gdal_cache_bytes):
+        t = time.perf_counter()
+        source = open_source(cfg)
+        window_plan = plan(cfg, source)
+        source.close()
+        stats.add_time("plan", time.perf_counter() - t)
+    stats.windows_planned, stats.windows_skipped = window_plan.planned, window_plan.skipped
+    # the driver checks the model once, so a bad file is a one-line error, not a failed actor pool
+    from ..model import load_model
+
+    t = time.perf_counter()
+    probe = load_model(cfg.model)
+    names, task = dict(probe.names), probe.task
+    del probe
+    stats.add_time("check_model", time.perf_counter() - t)
+    started = _init_ray(cfg)
+    try:
+        t = time.perf_counter()
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.verbose_progress = False
+        min_actors, max_actors, gpu_each = _actor_plan(cfg)
+        n = len(window_plan.window_ids)
+        stats.add_time("ray_start", time.perf_counter() - t)
+        t = time.perf_counter()
+        parts: list[Detections] = []
+        if n:
+            rows = _batch_rows(window_plan.window_ids, window_plan.origins, cfg.batch_size)
+            per_task = max(1, WINDOWS_PER_BLOCK // cfg.batch_size)  # model batches per read task
+            ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_task)))
+            ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg}, batch_size=per_task, num_cpus=1,
+                                max_retries=3)
+            ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=1,
+                                num_gpus=gpu_each, num_cpus=cfg.cpus_per_worker,
+                                compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+                                max_restarts=-1, max_task_retries=-1)
+            bar = tqdm(total=n, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
+            for row in ds.iter_rows():
+                parts.append(pickle.loads(row["detections"]))
+                stats.windows_empty += int(row["empty"])
+                bar.update(int(row["windows"]))
+            bar.close()
+        stats.add_time("predict", time.perf_counter() - t)
+        stats.workers = max_actors
+        stats.actor_restarts = _actor_restarts()
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
+        inner = getattr(exc, "cause", None)
+        if isinstance(inner, TilerError):
+            raise inner from None
+        raise TilerError(f"ray job failed: {str(cause).strip().splitlines()[-1]}") from None
+    finally:
+        if started:
+            ray.shutdown()
+    raw = Detections.concat(parts)
+    # results arrive in completion order; windows order them so merge sees the same input as locally
+    raw = raw.take(np.argsort(raw.window, kind="stable"))
+    t = time.perf_counter()
+    merged = merge(cfg, raw)
+    stats.add_time("merge", time.perf_counter() - t)
+    stats.raw_detections, stats.kept_detections = len(raw), len(merged)
+    stats.windows_run = len(window_plan.window_ids) - stats.windows_empty
+    stats.add_time("total", time.perf_counter() - t_start)
+    georef = source.georeferenced
+    return JobResult(merged, names, task, georef and source.transform, source.crs if georef else None, stats, cfg)
+
+
+def _actor_restarts() -> int:
+    """Restarts of this job's predictor actors, from Ray's state API (0 where it is unavailable)."""
+    try:
+        from ray.util.state import list_actors
+
+        actors = list_actors(filters=[("class_name", "=", "PredictActor")], detail=True, raise_on_missing_output=False)
+        return int(sum(max(0, int(getattr(a, "num_restarts", 0) or 0)) for a in actors))
+    except Exception:  # the state API needs the dashboard; stats are best-effort
+        return 0
