@@ -28,7 +28,7 @@ PATCH = 320  # the project's models are trained on 320 px patches
 @pytest.fixture(scope="module")
 def p0706_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("dota") / "p0706.geojson"
-    result = TileJob(DOTA / "P0706.png", DOTA_MODEL, patch_size=640, overlap=0.25, progress=False).run()
+    result = TileJob(DOTA / "P0706.png", DOTA_MODEL, patch_size=640, overlap=0.25, progress=False, runner="local").run()
     result.to_file(out)
     return result, out
 
@@ -77,7 +77,7 @@ def test_own_models_on_fresh_scene(scene, task, tmp_path):
     tif, truth = scene
     model = MODELS / f"tiler-{task}.pt"
     out = tmp_path / f"{task}.geojson"
-    result = TileJob(tif, model, patch_size=PATCH, overlap=0.25, progress=False, out=out).run()
+    result = TileJob(tif, model, patch_size=PATCH, overlap=0.25, progress=False, out=out, runner="local").run()
     assert result.task == task
     scores = score_scene(out, truth, tif, task, iou_threshold=0.5)
     summary = {k: str(v) for k, v in scores.items()}
@@ -90,7 +90,8 @@ def test_own_models_on_fresh_scene(scene, task, tmp_path):
 def test_geojson_is_rfc7946_and_lands_on_objects(scene, tmp_path):
     tif, truth = scene
     out = tmp_path / "obb.geojson"
-    result = TileJob(tif, MODELS / "tiler-obb.pt", patch_size=PATCH, overlap=0.25, progress=False, out=out).run()
+    result = TileJob(tif, MODELS / "tiler-obb.pt", patch_size=PATCH, overlap=0.25, progress=False, out=out,
+                     runner="local").run()
     text = out.read_text()
     fc = json.loads(text)
     assert fc["type"] == "FeatureCollection" and "crs" not in fc and "coordinate_space" not in fc

@@ -7,7 +7,8 @@ import os
 import sys
 import warnings
 
-from .errors import TilerError
+from .config import AUTO_RAY_WINDOWS, JobConfig
+from .errors import ConfigError, TilerError
 
 EXIT_USAGE = 2
 
@@ -17,33 +18,46 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
         "predict", help="run a model over a raster, merge, write GeoJSON",
         description="Cut INPUT into overlapping patches, run an Ultralytics detect/obb/segment model on each, "
                     "merge duplicates across patch seams, and write one GeoJSON in EPSG:4326 (or pixel "
-                    "coordinates for images without georeferencing).")
-    p.add_argument("input", help="raster path or GDAL URI (GeoTIFF, COG, PNG, JPEG, /vsis3/…)")
-    p.add_argument("--model", required=True, help="local Ultralytics .pt file (never downloaded)")
-    p.add_argument("--out", required=True, help="output file: .geojson, or .geojsonl for GeoJSON text sequences")
-    p.add_argument("--patch-size", default="640", metavar="N|WxH",
+                    "coordinates for images without georeferencing). Options may also come from a YAML job "
+                    "spec (--config); options given on the command line win.")
+    # every default is None so that a YAML job spec can supply it; JobConfig holds the real defaults
+    p.add_argument("input", nargs="?", help="raster path or GDAL URI (GeoTIFF, COG, PNG, JPEG, /vsis3/…)")
+    p.add_argument("--config", metavar="JOB.yaml", help="YAML job spec with the same names as these options "
+                   "(source, model, out, patch_size, overlap, …)")
+    p.add_argument("--model", help="local Ultralytics .pt file (never downloaded)")
+    p.add_argument("--out", help="output file: .geojson, or .geojsonl for GeoJSON text sequences")
+    p.add_argument("--patch-size", metavar="N|WxH",
                    help="patch size in raster pixels, square N or WxH (default 640); patches are never resized")
-    p.add_argument("--overlap", default="0.25", metavar="F|FX,FY",
+    p.add_argument("--overlap", metavar="F|FX,FY",
                    help="overlap between neighbouring patches as a fraction of the patch, 0 <= F < 1 (default 0.25)")
-    p.add_argument("--conf", type=float, default=0.25, help="minimum confidence (default 0.25)")
-    p.add_argument("--iou", type=float, default=0.7, help="IoU of the model's own per-patch NMS (default 0.7)")
-    p.add_argument("--imgsz", type=int, default=None,
+    p.add_argument("--conf", type=float, help="minimum confidence (default 0.25)")
+    p.add_argument("--iou", type=float, help="IoU of the model's own per-patch NMS (default 0.7)")
+    p.add_argument("--imgsz", type=int,
                    help="model input size (default: the larger patch side, so pixels are not rescaled)")
-    p.add_argument("--classes", default=None, metavar="ID,ID", help="keep only these class ids, e.g. 1,4")
-    p.add_argument("--max-det", type=int, default=3000, help="maximum detections per patch (default 3000)")
-    p.add_argument("--nms-threshold", type=float, default=0.5,
+    p.add_argument("--classes", metavar="ID,ID", help="keep only these class ids, e.g. 1,4")
+    p.add_argument("--max-det", type=int, help="maximum detections per patch (default 3000)")
+    p.add_argument("--nms-threshold", type=float,
                    help="merge: suppress a detection overlapping a better one by more than this (default 0.5)")
-    p.add_argument("--match-metric", default="ios", choices=None, metavar="ios|iou",
+    p.add_argument("--match-metric", metavar="ios|iou",
                    help="merge overlap measure: ios = intersection over the smaller area (default), iou")
-    p.add_argument("--class-agnostic", action="store_true",
+    p.add_argument("--class-agnostic", action="store_true", default=None,
                    help="merge across classes (default: only detections of the same class suppress each other)")
-    p.add_argument("--sorter", default="score", metavar="score|intelligent",
+    p.add_argument("--sorter", metavar="score|intelligent",
                    help="merge order: by score (default), or confidence bins then larger area first")
-    p.add_argument("--bands", default=None, metavar="B,B,B", help="1-based bands to use as RGB (default 1,2,3)")
-    p.add_argument("--batch-size", type=int, default=8, help="patches per forward pass (default 8)")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:N (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--gdal-cache-mb", type=int, default=256, help="GDAL block cache in MiB (default 256)")
+    p.add_argument("--bands", metavar="B,B,B", help="1-based bands to use as RGB (default 1,2,3)")
+    p.add_argument("--batch-size", type=int, help="patches per forward pass (default 8)")
+    p.add_argument("--device", help="auto (CUDA if present), cpu, cuda:N (default auto)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
+                   "--cpus-per-worker on Ray)")
+    p.add_argument("--gdal-cache-mb", type=int, help="GDAL block cache in MiB (default 256)")
+    g = p.add_argument_group("execution")
+    g.add_argument("--runner", metavar="auto|local|ray",
+                   help=f"local: in this process; ray: Ray Data pipeline (embedded local Ray unless --address); "
+                        f"auto (default): ray when the raster has more than {AUTO_RAY_WINDOWS} windows")
+    g.add_argument("--address", help="join an existing Ray cluster: auto, or ray://host:10001")
+    g.add_argument("--workers", type=int, help="predictor actors (default: as many as the resources allow)")
+    g.add_argument("--gpus-per-worker", type=float, help="GPUs per predictor actor, fractions allowed (default 0)")
+    g.add_argument("--cpus-per-worker", type=float, help="CPUs per predictor actor (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
@@ -68,17 +82,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_job_spec(path: str | os.PathLike) -> dict:
+    """A YAML job spec: a mapping of JobConfig names (source, model, out, patch_size, …)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            spec = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"job spec not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"job spec {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"job spec {path} must be a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in spec.items()}
+
+
+_CLI_TO_CONFIG = ("model", "out", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
+                  "nms_threshold", "match_metric", "class_agnostic", "sorter", "bands", "batch_size", "device",
+                  "threads", "gdal_cache_mb", "runner", "address", "workers", "gpus_per_worker", "cpus_per_worker")
+
+
+def predict_config(args) -> JobConfig:
+    values = load_job_spec(args.config) if args.config else {}
+    if args.input:
+        values["source"] = args.input
+    values.update({k: getattr(args, k) for k in _CLI_TO_CONFIG if getattr(args, k) is not None})
+    if args.no_progress:
+        values["progress"] = False
+    for name in ("source", "model", "out"):
+        if not values.get(name):
+            flag = "INPUT" if name == "source" else f"--{name}"
+            raise ConfigError(f"{flag} is required (on the command line or as '{name}' in --config)")
+    return JobConfig.from_mapping(values)
+
+
 def _run_predict(args) -> int:
     from .job import TileJob
 
-    job = TileJob(args.input, args.model, out=args.out, patch_size=args.patch_size, overlap=args.overlap,
-                  conf=args.conf, iou=args.iou, imgsz=args.imgsz, classes=args.classes, max_det=args.max_det,
-                  nms_threshold=args.nms_threshold, match_metric=args.match_metric,
-                  class_agnostic=args.class_agnostic, sorter=args.sorter, bands=args.bands,
-                  batch_size=args.batch_size, device=args.device, threads=args.threads,
-                  gdal_cache_mb=args.gdal_cache_mb, progress=not args.no_progress)
-    result = job.run()
-    print(f"tiler: {result.summary()} -> {args.out}")
+    cfg = predict_config(args)
+    result = TileJob.from_config(cfg).run()
+    print(f"tiler: {result.summary()} -> {cfg.out}")
     return 0
 
 

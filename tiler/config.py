@@ -14,6 +14,7 @@ from .errors import ConfigError
 MATCH_METRICS = ("ios", "iou")
 SORTERS = ("score", "intelligent")
 RUNNERS = ("auto", "local", "ray")
+AUTO_RAY_WINDOWS = 32  # runner "auto" uses Ray above this many windows; below, start-up would dominate
 
 
 def parse_size(value: Any, name: str = "patch_size") -> tuple[int, int]:
@@ -122,7 +123,7 @@ class JobConfig:
     gdal_cache_mb: int = 256
     progress: bool = True
     # execution
-    runner: str = "local"
+    runner: str = "auto"
     address: str | None = None
     workers: int | None = None
     gpus_per_worker: float = 0.0

@@ -19,8 +19,11 @@ class WindowReadError(RasterError):
     """One window of the raster could not be read (corrupt block). Names the window."""
 
     def __init__(self, window_id: int, x0: int, y0: int, cause: BaseException | str):
-        self.window_id, self.x0, self.y0 = window_id, x0, y0
+        self.window_id, self.x0, self.y0, self.cause_text = window_id, x0, y0, str(cause)
         super().__init__(f"window {window_id} at pixel ({x0}, {y0}) could not be read: {cause}")
+
+    def __reduce__(self):  # crosses process boundaries (Ray workers) intact
+        return type(self), (self.window_id, self.x0, self.y0, self.cause_text)
 
 
 class ModelError(TilerError):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
-from .config import JobConfig
+from .config import AUTO_RAY_WINDOWS, JobConfig
 from .result import JobResult
 from .writers import check_output_path
 
@@ -30,16 +30,31 @@ class TileJob:
     def from_config(cls, config: JobConfig) -> "TileJob":
         return cls(config.source, config.model, config=config)
 
-    def run(self) -> JobResult:
+    def run(self, on_progress: Callable[[int, int], None] | None = None) -> JobResult:
+        """Run, write `out` if configured, return the result. `on_progress(done, total)` reports windows."""
         cfg = self.config
-        if cfg.runner == "ray":
-            from .runners.ray import run_ray  # Ray is imported only when asked for
+        if self.runner_name() == "ray":
+            from .runners.ray import run_ray  # Ray is imported only when used
 
-            result = run_ray(cfg)
+            result = run_ray(cfg, on_progress)
         else:
             from .runners.local import run_local
 
-            result = run_local(cfg)
+            result = run_local(cfg, on_progress)
         if cfg.out:
             result.to_file(cfg.out)
         return result
+
+    def runner_name(self) -> str:
+        """The runner this job uses: as configured, or for "auto", Ray when there are many windows."""
+        cfg = self.config
+        if cfg.runner != "auto":
+            return cfg.runner
+        if cfg.address or os.environ.get("RAY_ADDRESS"):
+            return "ray"
+        from .grid import plan_windows
+        from .raster import RasterSource
+
+        with RasterSource(cfg.source, bands=cfg.bands) as source:
+            n = len(plan_windows(source.width, source.height, cfg.patch_size, cfg.overlap))
+        return "ray" if n > AUTO_RAY_WINDOWS else "local"

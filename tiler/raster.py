@@ -197,7 +197,11 @@ class RasterSource:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first line of the most specific message in the exception chain (GDAL's own words)."""
     text = str(exc).strip() or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in text:
+        text = str(cause).strip() or text
     return text.splitlines()[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -16,7 +17,8 @@ from ..raster import gdal_env
 from ..result import JobResult, JobStats
 
 
-def run_local(cfg: JobConfig) -> JobResult:
+def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = None) -> JobResult:
+    """Run the job in this process. `on_progress(windows_done, windows_total)` is called after each batch."""
     t_start = time.perf_counter()
     stats = JobStats(runner="local")
     with gdal_env(cfg.gdal_cache_bytes):
@@ -39,6 +41,7 @@ def run_local(cfg: JobConfig) -> JobResult:
             patches = read_patches(source, cfg, window_plan.origins[sl], window_plan.window_ids[sl])
             return sl, patches, time.perf_counter() - t0
 
+        done = 0
         bar = tqdm(total=n, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
         # GDAL releases the GIL while decoding, so the next read overlaps this batch's forward pass
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -54,6 +57,9 @@ def run_local(cfg: JobConfig) -> JobResult:
                 stats.windows_empty += sum(1 for p in patches if not p.any())
                 parts.append(dets)
                 bar.update(len(patches))
+                done += len(patches)
+                if on_progress is not None:
+                    on_progress(done, n)
         bar.close()
         raw = Detections.concat(parts)
         t = time.perf_counter()

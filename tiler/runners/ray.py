@@ -11,19 +11,20 @@ an error naming the window, raised once, not retried forever.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import sys
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
 from ..config import JobConfig
 from ..detections import Detections
-from ..errors import ConfigError, TilerError
+from ..errors import ConfigError, TilerError, WindowReadError
 from ..pipeline import infer_patches, make_predictor, merge, open_source, plan, read_patches
 from ..raster import RasterSource, gdal_env
 from ..result import JobResult, JobStats
@@ -50,12 +51,19 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig) -> dict[str, np.n
     runner groups windows, so the model sees identical batches and both runners give identical output."""
     with gdal_env(cfg.gdal_cache_bytes):
         source = _worker_source(cfg)
-        packed = []
+        packed, failed = [], []
         for count, wid, x0, y0 in zip(batch["count"], batch["window_id"], batch["x0"], batch["y0"]):
             origins = np.stack([x0[:count], y0[:count]], axis=1)
-            packed.append(pickle.dumps(np.stack(read_patches(source, cfg, origins, wid[:count])), protocol=5))
+            try:
+                packed.append(pickle.dumps(np.stack(read_patches(source, cfg, origins, wid[:count])), protocol=5))
+                failed.append(False)
+            except WindowReadError as exc:
+                # a corrupt window is the user's problem, not a transient one: carry it to the driver as
+                # data, so it is reported with its window id once instead of being retried
+                packed.append(pickle.dumps(exc))
+                failed.append(True)
     return {**batch, "raster_w": np.full(len(packed), source.width), "raster_h": np.full(len(packed), source.height),
-            "patches": np.array(packed, dtype=object)}
+            "patches": np.array(packed, dtype=object), "failed": np.array(failed)}
 
 
 class PredictActor:
@@ -66,6 +74,10 @@ class PredictActor:
         threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
         self.cfg = cfg.replace(threads=threads)
         self.predictor = make_predictor(self.cfg)
+        import ray
+
+        # reported once, with this actor's first batch, so the driver can count restarts
+        self.unreported_restart = bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         crash_file = os.environ.get(CRASH_ONCE_ENV)
@@ -76,6 +88,11 @@ class PredictActor:
         out = {"detections": [], "windows": [], "empty": []}
         for k in range(len(batch["count"])):
             count = int(batch["count"][k])
+            if batch["failed"][k]:
+                out["detections"].append(batch["patches"][k])  # the pickled WindowReadError, passed on
+                out["windows"].append(count)
+                out["empty"].append(0)
+                continue
             patches = list(pickle.loads(batch["patches"][k]))
             origins = np.stack([batch["x0"][k][:count], batch["y0"][k][:count]], axis=1)
             raster_size = (int(batch["raster_w"][k]), int(batch["raster_h"][k]))
@@ -84,8 +101,22 @@ class PredictActor:
             out["detections"].append(pickle.dumps(dets, protocol=5))  # columnar detections travel as one object
             out["windows"].append(count)
             out["empty"].append(sum(1 for p in patches if not p.any()))
+        restarted = np.zeros(len(out["windows"]), dtype=np.int64)
+        if self.unreported_restart and len(restarted):
+            restarted[0], self.unreported_restart = 1, False
         return {"detections": np.array(out["detections"], dtype=object), "windows": np.array(out["windows"]),
-                "empty": np.array(out["empty"])}
+                "empty": np.array(out["empty"]), "restarted": restarted, "failed": batch["failed"]}
+
+
+def _actor_class(cfg: JobConfig) -> type:
+    """PredictActor bound to this job's config. The config travels with the class definition rather than as
+    constructor arguments in the object store, which a restarted actor could find gone."""
+
+    class JobPredictActor(PredictActor):
+        def __init__(self):
+            super().__init__(cfg)
+
+    return JobPredictActor
 
 
 def _batch_rows(window_ids: np.ndarray, origins: np.ndarray, batch_size: int) -> list[dict]:
@@ -106,12 +137,13 @@ def _init_ray(cfg: JobConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                  runtime_env={"env_vars": {"YOLO_OFFLINE": "1"}})
-    if cfg.address:
-        ray.init(address=cfg.address, **kwargs)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the progress bar and summary say enough
+    kwargs = dict(log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": {"YOLO_OFFLINE": "1"}})
+    address = cfg.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
+    if address:
+        ray.init(address=address, **kwargs)
         return False
-    ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
     return True
 
 
@@ -137,7 +169,8 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, int, float]:
     return 1, n, gpu_each
 
 
-def run_ray(cfg: JobConfig) -> JobResult:
+def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = None) -> JobResult:
+    """Run the job on Ray. `on_progress(windows_done, windows_total)` is called as results arrive."""
     import ray
 
     t_start = time.perf_counter()
@@ -176,27 +209,35 @@ def run_ray(cfg: JobConfig) -> JobResult:
             rows = _batch_rows(window_plan.window_ids, window_plan.origins, cfg.batch_size)
             per_task = max(1, WINDOWS_PER_BLOCK // cfg.batch_size)  # model batches per read task
             ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_task)))
-            ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg}, batch_size=per_task, num_cpus=1,
-                                max_retries=3)
-            ds = ds.map_batches(PredictActor, fn_constructor_kwargs={"cfg": cfg}, batch_size=1,
-                                num_gpus=gpu_each, num_cpus=cfg.cpus_per_worker,
+            # Ray Data retries read tasks lost with their worker, and restarts lost actors and their batches
+            # (its defaults: max_restarts=-1, max_task_retries=-1); exceptions from our code are not retried.
+            ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg}, batch_size=per_task, num_cpus=1)
+            hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV,) if k in os.environ}
+            ds = ds.map_batches(_actor_class(cfg), batch_size=1, num_gpus=gpu_each, num_cpus=cfg.cpus_per_worker,
                                 compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
-                                max_restarts=-1, max_task_retries=-1)
+                                runtime_env={"env_vars": hooks} if hooks else None)
+            done = 0
             bar = tqdm(total=n, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
             for row in ds.iter_rows():
+                if row["failed"]:
+                    raise pickle.loads(row["detections"])
                 parts.append(pickle.loads(row["detections"]))
                 stats.windows_empty += int(row["empty"])
+                stats.actor_restarts += int(row["restarted"])
                 bar.update(int(row["windows"]))
+                done += int(row["windows"])
+                if on_progress is not None:
+                    on_progress(done, n)
             bar.close()
         stats.add_time("predict", time.perf_counter() - t)
         stats.workers = max_actors
-        stats.actor_restarts = _actor_restarts()
-    except ray.exceptions.RayTaskError as exc:
-        cause = exc.as_instanceof_cause() if hasattr(exc, "as_instanceof_cause") else exc
-        inner = getattr(exc, "cause", None)
-        if isinstance(inner, TilerError):
+    except TilerError:
+        raise
+    except Exception as exc:  # Ray wraps errors raised in tasks and actors; report ours as themselves
+        inner = _tiler_cause(exc)
+        if inner is not None:
             raise inner from None
-        raise TilerError(f"ray job failed: {str(cause).strip().splitlines()[-1]}") from None
+        raise TilerError(f"ray job failed: {type(exc).__name__}: {_last_line(exc)}") from exc
     finally:
         if started:
             ray.shutdown()
@@ -213,12 +254,20 @@ def run_ray(cfg: JobConfig) -> JobResult:
     return JobResult(merged, names, task, georef and source.transform, source.crs if georef else None, stats, cfg)
 
 
-def _actor_restarts() -> int:
-    """Restarts of this job's predictor actors, from Ray's state API (0 where it is unavailable)."""
-    try:
-        from ray.util.state import list_actors
+def _tiler_cause(exc: BaseException) -> TilerError | None:
+    """The TilerError (e.g. an unreadable window) behind Ray's wrappers, if there is one."""
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TilerError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
 
-        actors = list_actors(filters=[("class_name", "=", "PredictActor")], detail=True, raise_on_missing_output=False)
-        return int(sum(max(0, int(getattr(a, "num_restarts", 0) or 0)) for a in actors))
-    except Exception:  # the state API needs the dashboard; stats are best-effort
-        return 0
+
+def _last_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""

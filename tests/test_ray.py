@@ -1,0 +1,100 @@
+"""The Ray runner on a real multi-node Ray cluster (ray.cluster_utils.Cluster): same output as in-process.
+
+The cluster has a head and two workers, one of them with a fake GPU: Ray schedules GPU actors there, and the
+actor falls back to the CPU because CUDA is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from tiler import TileJob  # noqa: E402
+from tiler.errors import WindowReadError  # noqa: E402
+from tiler.synth import SceneSpec, write_scene  # noqa: E402
+
+from .helpers import corrupt_tif, features  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DOTA_IMAGE = SHARED / "data" / "dota" / "P0706.png"
+DOTA_MODEL = SHARED / "models" / "yolov8n-obb.pt"
+needs_shared = pytest.mark.skipif(not DOTA_IMAGE.exists() or not DOTA_MODEL.exists(), reason="../shared absent")
+# both runners must use the same torch threads and batches: conv results differ in the last bits otherwise
+SAME = dict(threads=1, batch_size=4, progress=False)
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")  # the same for every process of this in-process cluster
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    c.add_node(num_cpus=1)
+    c.add_node(num_cpus=1, num_gpus=1)  # a fake GPU: Ray schedules by the resource, CUDA is absent
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    tif, _ = write_scene(SceneSpec(1280, 1280, seed=515, nodata_margin=300),
+                         tmp_path_factory.mktemp("rayscene") / "scene.tif")
+    return tif
+
+
+def run_both(tmp_path, source, model, **params):
+    local = TileJob(source, model, runner="local", out=tmp_path / "local.geojson", **SAME, **params).run()
+    remote = TileJob(source, model, runner="ray", out=tmp_path / "ray.geojson", **SAME, **params).run()
+    return local, remote
+
+
+@needs_shared
+def test_dota_ray_equals_local(cluster, tmp_path):
+    local, remote = run_both(tmp_path, DOTA_IMAGE, DOTA_MODEL, patch_size=640, overlap=0.25)
+    assert remote.stats.runner == "ray" and local.stats.runner == "local"
+    assert len(local) > 500
+    assert features(tmp_path / "ray.geojson") == features(tmp_path / "local.geojson")
+    assert remote.stats.raw_detections == local.stats.raw_detections
+
+
+def test_scene_ray_equals_local_with_fake_gpu_actor(cluster, scene, tmp_path):
+    """GPU actors (num_gpus=1) land on the fake-GPU node and predict on its CPU."""
+    local, remote = run_both(tmp_path, scene, REPO / "models" / "tiler-obb.pt", patch_size=320, overlap=0.25,
+                             gpus_per_worker=1.0)
+    assert len(local) > 30
+    assert features(tmp_path / "ray.geojson") == features(tmp_path / "local.geojson")
+    # nodata windows are skipped on the driver and never shipped
+    assert remote.stats.windows_skipped == local.stats.windows_skipped > 0
+    assert remote.stats.windows_run == local.stats.windows_run
+    fc = json.loads((tmp_path / "ray.geojson").read_text())
+    assert "crs" not in fc and fc["features"][0]["geometry"]["type"] == "Polygon"
+
+
+def test_corrupt_window_is_reported_with_its_id(cluster, tmp_path):
+    path, window_id = corrupt_tif(tmp_path / "corrupt.tif")
+    out = tmp_path / "out.geojson"
+    with pytest.raises(WindowReadError) as info:
+        TileJob(path, REPO / "models" / "tiler-detect.pt", runner="ray", patch_size=256, overlap=0, out=out,
+                **SAME).run()
+    assert info.value.window_id == window_id and f"window {window_id}" in str(info.value)
+    assert not out.exists()
+
+
+def test_progress_callback_counts_every_window(cluster, scene, tmp_path):
+    seen = []
+    result = TileJob(scene, REPO / "models" / "tiler-detect.pt", runner="ray", patch_size=320, **SAME).run(
+        on_progress=lambda done, total: seen.append((done, total)))
+    total = result.stats.windows_planned - result.stats.windows_skipped
+    assert seen and seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
