@@ -29,3 +29,24 @@ def corrupt_tif(path: Path, size: int = 1024, block: int = 256) -> tuple[Path, i
     raw[off + 8:off + n - 8] = b"\xff" * (n - 16)
     path.write_bytes(bytes(raw))
     return path, 2 * (size // block) + 2
+
+
+def ray_cluster(head_cpus: int, *workers: dict):
+    """A real multi-node Ray cluster in this process (ray.cluster_utils.Cluster), connected, as a generator
+    for module fixtures. Token auth is off for every process of it, consistently."""
+    import pytest
+    import ray
+    from ray.cluster_utils import Cluster
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
+    cluster.tiler_workers = [cluster.add_node(**w) for w in workers]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        mp.undo()

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from tiler import TileJob  # noqa: E402
 from tiler.errors import WindowReadError  # noqa: E402
 from tiler.synth import SceneSpec, write_scene  # noqa: E402
 
-from .helpers import corrupt_tif, features  # noqa: E402
+from .helpers import corrupt_tif, features, ray_cluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -33,17 +32,8 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def cluster():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_AUTH_MODE", "disabled")  # the same for every process of this in-process cluster
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    c.add_node(num_cpus=1)
-    c.add_node(num_cpus=1, num_gpus=1)  # a fake GPU: Ray schedules by the resource, CUDA is absent
-    c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False)
-    yield c
-    ray.shutdown()
-    c.shutdown()
-    mp.undo()
+    # head + two workers, one with a fake GPU: Ray schedules by the resource, CUDA is absent
+    yield from ray_cluster(2, {"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 1})
 
 
 @pytest.fixture(scope="module")

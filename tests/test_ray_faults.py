@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from tiler import TileJob  # noqa: E402
 from tiler.runners.ray import CRASH_ONCE_ENV  # noqa: E402
 from tiler.synth import SceneSpec, write_scene  # noqa: E402
 
-from .helpers import features  # noqa: E402
+from .helpers import features, ray_cluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "models" / "tiler-detect.pt"
@@ -25,17 +24,7 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def cluster():
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_AUTH_MODE", "disabled")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    workers = [c.add_node(num_cpus=1), c.add_node(num_cpus=1)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False)
-    c.tiler_workers = workers
-    yield c
-    ray.shutdown()
-    c.shutdown()
-    mp.undo()
+    yield from ray_cluster(1, {"num_cpus": 1}, {"num_cpus": 1})
 
 
 @pytest.fixture(scope="module")

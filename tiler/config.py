@@ -6,7 +6,7 @@ import math
 import os
 import re
 from numbers import Integral, Real
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from .errors import ConfigError

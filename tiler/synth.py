@@ -46,7 +46,10 @@ def _hash_u32(*parts: np.ndarray | int) -> np.ndarray:
     with np.errstate(over="ignore"):  # wrap-around multiplication is the point of a hash
         for p in parts:
             v = np.asarray(p).astype(np.int64).astype(np.uint64)
-            out = v * h if out is None else (out ^ (v + np.uint64(0x7F4A7C15) + (out << np.uint64(6)) + (out >> np.uint64(2))))
+            if out is None:
+                out = v * h
+            else:
+                out = out ^ (v + np.uint64(0x7F4A7C15) + (out << np.uint64(6)) + (out >> np.uint64(2)))
             out = out ^ (out >> np.uint64(33))
             out = out * np.uint64(0xFF51AFD7ED558CCD)
             out = out ^ (out >> np.uint64(33))
@@ -195,7 +198,7 @@ def _make_layout(spec: SceneSpec) -> dict:
     area_tiles = max(1.0, w * h / 2048**2)
     roads = []
     n_roads = int(rng.integers(2, 4) * math.sqrt(area_tiles)) + 1
-    for k in range(n_roads):
+    for _ in range(n_roads):
         kind = rng.random()
         angle = 0.0 if kind < 0.35 else (math.pi / 2 if kind < 0.7 else float(rng.uniform(0, math.pi)))
         roads.append(Road(float(rng.uniform(0, w)), float(rng.uniform(0, h)), angle, float(rng.uniform(6, 11))))
@@ -308,8 +311,8 @@ def _cell_objects(spec: SceneSpec, cx: int, cy: int) -> list[SceneObject]:
                 placed.append(SceneObject(1, poly, _ROOF_COLORS[rng.integers(len(_ROOF_COLORS))], shadow=True))
         for _ in range(int(rng.poisson(2.0))):
             length = rng.uniform(6, 18)
-            poly = _rect(rng.uniform(bx0, bx1), rng.uniform(by0, by1), length, max(3.0, length * rng.uniform(0.42, 0.55)),
-                         rng.uniform(0, math.pi))
+            poly = _rect(rng.uniform(bx0, bx1), rng.uniform(by0, by1), length,
+                         max(3.0, length * rng.uniform(0.42, 0.55)), rng.uniform(0, math.pi))
             if fits(poly, "parking"):
                 placed.append(SceneObject(0, poly, _CAR_COLORS[rng.integers(len(_CAR_COLORS))]))
         # boats on water

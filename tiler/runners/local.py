@@ -7,12 +7,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
 from ..config import JobConfig
 from ..detections import Detections
-from ..pipeline import infer_patches, make_predictor, merge, open_source, plan, read_patches
+from ..pipeline import has_data, infer_patches, make_predictor, merge, open_source, plan, read_patches
 from ..raster import gdal_env
 from ..result import JobResult, JobStats
 
@@ -54,7 +53,7 @@ def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = N
                 dets = infer_patches(predictor, cfg, raster_size, patches, window_plan.origins[sl],
                                      window_plan.window_ids[sl])
                 stats.add_time("predict", time.perf_counter() - t)
-                stats.windows_empty += sum(1 for p in patches if not p.any())
+                stats.windows_empty += sum(1 for p in patches if not has_data(p))
                 parts.append(dets)
                 bar.update(len(patches))
                 done += len(patches)

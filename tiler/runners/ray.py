@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ..config import JobConfig
 from ..detections import Detections
 from ..errors import ConfigError, TilerError, WindowReadError
-from ..pipeline import infer_patches, make_predictor, merge, open_source, plan, read_patches
+from ..pipeline import has_data, infer_patches, make_predictor, merge, open_source, plan, read_patches
 from ..raster import RasterSource, gdal_env
 from ..result import JobResult, JobStats
 
@@ -100,7 +100,7 @@ class PredictActor:
                                  batch["window_id"][k][:count])
             out["detections"].append(pickle.dumps(dets, protocol=5))  # columnar detections travel as one object
             out["windows"].append(count)
-            out["empty"].append(sum(1 for p in patches if not p.any()))
+            out["empty"].append(sum(1 for p in patches if not has_data(p)))
         restarted = np.zeros(len(out["windows"]), dtype=np.int64)
         if self.unreported_restart and len(restarted):
             restarted[0], self.unreported_restart = 1, False
@@ -119,15 +119,18 @@ def _actor_class(cfg: JobConfig) -> type:
     return JobPredictActor
 
 
+def _pad(values: np.ndarray, length: int) -> np.ndarray:
+    return np.pad(np.asarray(values, np.int64), (0, length - len(values)))
+
+
 def _batch_rows(window_ids: np.ndarray, origins: np.ndarray, batch_size: int) -> list[dict]:
     """One row per model batch, in window order; fixed-length (padded) arrays so blocks stay columnar."""
     rows = []
     for start in range(0, len(window_ids), batch_size):
         sl = slice(start, start + batch_size)
         count = len(window_ids[sl])
-        pad = lambda a: np.pad(np.asarray(a, np.int64), (0, batch_size - count))  # noqa: E731
-        rows.append({"start": start, "count": count, "window_id": pad(window_ids[sl]),
-                     "x0": pad(origins[sl, 0]), "y0": pad(origins[sl, 1])})
+        rows.append({"start": start, "count": count, "window_id": _pad(window_ids[sl], batch_size),
+                     "x0": _pad(origins[sl, 0], batch_size), "y0": _pad(origins[sl, 1], batch_size)})
     return rows
 
 
