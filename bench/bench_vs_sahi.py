@@ -58,11 +58,12 @@ def run_sahi(image: str, model: str, patch: int, overlap: float, conf: float, ou
     for p in preds:
         seg = p.mask.segmentation if p.mask is not None else None
         if seg:
-            polys.append({"cls": p.category.id, "score": p.score.value, "xy": seg[0]})
+            polys.append({"cls": int(p.category.id), "score": float(p.score.value),
+                          "xy": [float(v) for v in seg[0]]})
         else:
             b = p.bbox
-            polys.append({"cls": p.category.id, "score": p.score.value,
-                          "xy": [b.minx, b.miny, b.maxx, b.miny, b.maxx, b.maxy, b.minx, b.maxy]})
+            polys.append({"cls": int(p.category.id), "score": float(p.score.value),
+                          "xy": [float(v) for v in (b.minx, b.miny, b.maxx, b.miny, b.maxx, b.maxy, b.minx, b.maxy)]})
     Path(out).write_text(json.dumps(polys))
     return {"seconds": time.perf_counter() - t, "objects": len(preds)}
 

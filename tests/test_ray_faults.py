@@ -45,6 +45,7 @@ def test_actor_killed_mid_batch(cluster, scene_and_reference, tmp_path, monkeypa
     assert crash_marker.exists(), "the test hook did not kill an actor"
     assert features(out) == reference
     assert result.stats.windows_run == result.stats.windows_planned
+    assert result.stats.actor_restarts == 1  # the restarted actor reported itself
 
 
 def test_worker_node_removed_mid_job(cluster, scene_and_reference, tmp_path):

@@ -181,6 +181,8 @@ class JobConfig:
             if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not ok(v):
                 raise ConfigError(f"{name} must be a number {'>= 0' if name[0] == 'g' else '> 0'}, got {v!r}")
             set_(name, float(v))
+        if self.gpus_per_worker > 1 and not self.gpus_per_worker.is_integer():
+            raise ConfigError(f"gpus_per_worker above 1 must be whole (Ray's rule), got {self.gpus_per_worker}")
 
     @property
     def model_imgsz(self) -> int:

@@ -6,6 +6,7 @@ same objects inside tasks and actors, which is why both produce identical result
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from .grid import WindowGrid, plan_windows, select_windows_with_data
 from .merge import nms
 from .model import Predictor
 from .raster import RasterSource
+from .result import JobResult, JobStats
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,18 @@ def merge(cfg: JobConfig, dets: Detections) -> Detections:
                demote=dets.on_seam)
     merged = dets.take(keep)
     return merged.take(merged.sort_key())
+
+
+def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, names: dict[int, str], task: str,
+           stats: JobStats) -> JobResult:
+    """Merge every batch's detections into the job's result. Batches are put in window order first:
+    runners may receive them in any order, and the merge must see the same input whatever the runner."""
+    raw = Detections.concat(parts)
+    raw = raw.take(np.argsort(raw.window, kind="stable"))
+    t = time.perf_counter()
+    merged = merge(cfg, raw)
+    stats.add_time("merge", time.perf_counter() - t)
+    stats.raw_detections, stats.kept_detections = len(raw), len(merged)
+    georef = source.georeferenced
+    return JobResult(merged, names, task, source.transform if georef else None, source.crs if georef else None,
+                     stats, cfg)

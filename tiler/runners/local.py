@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..config import JobConfig
 from ..detections import Detections
-from ..pipeline import has_data, infer_patches, make_predictor, merge, open_source, plan, read_patches
+from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, plan, read_patches
 from ..raster import gdal_env
 from ..result import JobResult, JobStats
 
@@ -60,14 +60,8 @@ def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = N
                 if on_progress is not None:
                     on_progress(done, n)
         bar.close()
-        raw = Detections.concat(parts)
-        t = time.perf_counter()
-        merged = merge(cfg, raw)
-        stats.add_time("merge", time.perf_counter() - t)
-        stats.raw_detections, stats.kept_detections = len(raw), len(merged)
         stats.windows_run = n - stats.windows_empty
-        result = JobResult(merged, predictor.names, predictor.task, source.georeferenced and source.transform,
-                           source.crs if source.georeferenced else None, stats, cfg)
+        result = finish(cfg, parts, source, predictor.names, predictor.task, stats)
         source.close()
     stats.add_time("total", time.perf_counter() - t_start)
     return result

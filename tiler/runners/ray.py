@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from ..config import JobConfig
 from ..detections import Detections
-from ..errors import ConfigError, TilerError, WindowReadError
-from ..pipeline import has_data, infer_patches, make_predictor, merge, open_source, plan, read_patches
+from ..errors import TilerError, WindowReadError
+from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, plan, read_patches
 from ..raster import RasterSource, gdal_env
 from ..result import JobResult, JobStats
 
@@ -178,8 +178,6 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
 
     t_start = time.perf_counter()
     stats = JobStats(runner="ray")
-    if cfg.gpus_per_worker > 0 and cfg.gpus_per_worker > 1 and int(cfg.gpus_per_worker) != cfg.gpus_per_worker:
-        raise ConfigError(f"gpus_per_worker above 1 must be whole, got {cfg.gpus_per_worker}")
     with gdal_env(cfg.gdal_cache_bytes):
         t = time.perf_counter()
         source = open_source(cfg)
@@ -244,21 +242,14 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
     finally:
         if started:
             ray.shutdown()
-    raw = Detections.concat(parts)
-    # results arrive in completion order; windows order them so merge sees the same input as locally
-    raw = raw.take(np.argsort(raw.window, kind="stable"))
-    t = time.perf_counter()
-    merged = merge(cfg, raw)
-    stats.add_time("merge", time.perf_counter() - t)
-    stats.raw_detections, stats.kept_detections = len(raw), len(merged)
     stats.windows_run = len(window_plan.window_ids) - stats.windows_empty
+    result = finish(cfg, parts, source, names, task, stats)
     stats.add_time("total", time.perf_counter() - t_start)
-    georef = source.georeferenced
-    return JobResult(merged, names, task, georef and source.transform, source.crs if georef else None, stats, cfg)
+    return result
 
 
 def _tiler_cause(exc: BaseException) -> TilerError | None:
-    """The TilerError (e.g. an unreadable window) behind Ray's wrappers, if there is one."""
+    """The TilerError behind Ray's wrappers, if there is one."""
     seen, todo = set(), [exc]
     while todo:
         e = todo.pop()
