@@ -29,7 +29,8 @@ def run_tiler(image: str, model: str, patch: int, overlap: float, conf: float, o
     from tiler import TileJob
 
     t = time.perf_counter()
-    result = TileJob(image, model, patch_size=patch, overlap=overlap, conf=conf, progress=False, out=out).run()
+    result = TileJob(image, model, patch_size=patch, overlap=overlap, conf=conf, progress=False, out=out,
+                     runner="local").run()  # in-process, like SAHI
     return {"seconds": time.perf_counter() - t, "objects": len(result)}
 
 
