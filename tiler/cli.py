@@ -49,7 +49,8 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (CUDA if present), cpu, cuda:N (default auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
                    "--cpus-per-worker on Ray)")
-    p.add_argument("--gdal-cache-mb", type=int, help="GDAL block cache in MiB (default 256)")
+    p.add_argument("--gdal-cache-mb", type=int,
+                   help="GDAL block cache in MiB (default: two rows of windows, 16-1024 MiB)")
     g = p.add_argument_group("execution")
     g.add_argument("--runner", metavar="auto|local|ray",
                    help=f"local: in this process; ray: Ray Data pipeline (embedded local Ray unless --address); "

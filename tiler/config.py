@@ -120,7 +120,7 @@ class JobConfig:
     class_agnostic: bool = False
     sorter: str = "score"
     # I/O
-    gdal_cache_mb: int = 256
+    gdal_cache_mb: int | None = None  # default: sized to the raster (see RasterSource.block_cache_bytes)
     progress: bool = True
     # execution
     runner: str = "auto"
@@ -160,6 +160,8 @@ class JobConfig:
             set_("imgsz", int(self.imgsz))
         for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1)):
             v = getattr(self, name)
+            if v is None and name == "gdal_cache_mb":
+                continue
             if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, Integral)
@@ -189,9 +191,6 @@ class JobConfig:
         """Inference size: patches go to the model at their own size unless imgsz says otherwise."""
         return self.imgsz or max(self.patch_size)
 
-    @property
-    def gdal_cache_bytes(self) -> int:
-        return self.gdal_cache_mb * 2**20  # rasterio.Env(GDAL_CACHEMAX=...) takes bytes
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "JobConfig":

@@ -69,6 +69,7 @@ class RasterSource:
         flags = ds.mask_flag_enums[self.bands[0] - 1]
         self.has_mask = MaskFlags.all_valid not in flags
         block_h, block_w = ds.block_shapes[self.bands[0] - 1]
+        self.block_height = block_h
         self.tiled = block_w < ds.width or ds.width <= 512
         # small images (PNG, JPEG frames) are striped by nature and cheap to read; warn where it costs
         if not self.tiled and ds.height > block_h and max(ds.width, ds.height) > STRIPED_WARN_SIZE:
@@ -125,6 +126,13 @@ class RasterSource:
         if len(bands) != 3:
             raise RasterError(f"need 1 or 3 bands, got {len(bands)}")
         return tuple(int(b) for b in bands)
+
+    def block_cache_bytes(self, patch_height: int) -> int:
+        """GDAL block cache enough for two rows of windows (the overlap re-reads the row above), within
+        16 MiB .. 1 GiB: a fixed large cache would only fill with blocks never read again."""
+        itemsize = np.dtype(self.dtype).itemsize
+        need = 2 * (patch_height + self.block_height) * self.width * len(set(self.bands)) * itemsize
+        return int(min(max(need, 16 * 2**20), 2**30))
 
     # -- global statistics (decimated reads) --------------------------------------------------------------
     def _overview_shape(self) -> tuple[int, int]:
@@ -205,8 +213,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def gdal_env(cache_bytes: int) -> rasterio.Env:
-    """GDAL settings for a job: the block cache in bytes (GDAL_CACHEMAX reads small numbers as MB)."""
-    return rasterio.Env(GDAL_CACHEMAX=int(cache_bytes), GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR",
-                        VSI_CACHE=True)
-
+def gdal_env(source: RasterSource, patch_height: int, cache_mb: int | None = None) -> rasterio.Env:
+    """GDAL settings for reading `source`: the block cache in bytes (GDAL_CACHEMAX reads small numbers as
+    MB), sized to the raster unless `cache_mb` is given."""
+    cache = cache_mb * 2**20 if cache_mb else source.block_cache_bytes(patch_height)
+    return rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", VSI_CACHE=True)

@@ -20,9 +20,9 @@ def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = N
     """Run the job in this process. `on_progress(windows_done, windows_total)` is called after each batch."""
     t_start = time.perf_counter()
     stats = JobStats(runner="local")
-    with gdal_env(cfg.gdal_cache_bytes):
-        t = time.perf_counter()
-        source = open_source(cfg)
+    t = time.perf_counter()
+    source = open_source(cfg)
+    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
         window_plan = plan(cfg, source)
         stats.add_time("plan", time.perf_counter() - t)
         t = time.perf_counter()

@@ -49,8 +49,8 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig) -> dict[str, np.n
 
     A row is one model batch (`cfg.batch_size` windows, padded arrays plus a count), exactly as the local
     runner groups windows, so the model sees identical batches and both runners give identical output."""
-    with gdal_env(cfg.gdal_cache_bytes):
-        source = _worker_source(cfg)
+    source = _worker_source(cfg)
+    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
         packed, failed = [], []
         for count, wid, x0, y0 in zip(batch["count"], batch["window_id"], batch["x0"], batch["y0"]):
             origins = np.stack([x0[:count], y0[:count]], axis=1)
@@ -178,9 +178,9 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
 
     t_start = time.perf_counter()
     stats = JobStats(runner="ray")
-    with gdal_env(cfg.gdal_cache_bytes):
-        t = time.perf_counter()
-        source = open_source(cfg)
+    t = time.perf_counter()
+    source = open_source(cfg)
+    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
         window_plan = plan(cfg, source)
         source.close()
         stats.add_time("plan", time.perf_counter() - t)
