@@ -193,9 +193,9 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
     names, task = dict(probe.names), probe.task
     del probe
     stats.add_time("check_model", time.perf_counter() - t)
+    t = time.perf_counter()
     started = _init_ray(cfg)
     try:
-        t = time.perf_counter()
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
