@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export YOLO_OFFLINE=1
 mkdir -p out
-.venv/bin/tiler synth out/demo-scene.tif --size 4096x4096 --seed 2024 --nodata-margin 200
+.venv/bin/tiler synth out/demo-scene.tif --size 4096x4096 --seed 2024 --nodata-margin 400
 .venv/bin/tiler predict out/demo-scene.tif --model models/tiler-obb.pt --out out/demo.geojson \
   --patch-size 320 --overlap 0.25
 .venv/bin/python scripts/score.py out/demo.geojson out/demo-scene.truth.geojson

@@ -140,7 +140,6 @@ def _init_ray(cfg: JobConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the progress bar and summary say enough
     kwargs = dict(log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": {"YOLO_OFFLINE": "1"}})
     address = cfg.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
     if address:
@@ -198,6 +197,8 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
     try:
         import ray.data
 
+        # our progress bar and summary say enough; Ray Data configures its loggers on import
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.verbose_progress = False
