@@ -38,7 +38,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    tif, _ = write_scene(SceneSpec(1280, 1280, seed=515, nodata_margin=300),
+    tif, _ = write_scene(SceneSpec(1280, 1280, seed=515, nodata_margin=400),
                          tmp_path_factory.mktemp("rayscene") / "scene.tif")
     return tif
 

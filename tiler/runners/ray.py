@@ -1,8 +1,11 @@
 """Ray runner: the same stages as the in-process runner, wired into a Ray Data pipeline.
 
-    window coordinates (driver) -> read (CPU tasks; each worker opens the raster URI itself)
+    window coordinates (driver) -> read (each worker opens the raster URI itself)
         -> predict (actor pool; the model is loaded once per actor, on a GPU when the actor has one)
         -> detections streamed back to the driver -> merge -> writer
+
+Ray Data fuses the read step into the actors' operator (same CPU request), so an actor reads the windows of
+its own batches: patches never cross a process boundary, only coordinates and detections do.
 
 The driver never touches pixels: it plans the windows (from raster metadata and a decimated mask) and
 ships only their coordinates. Lost actors and workers are retried by Ray; a window that cannot be read is
@@ -210,7 +213,9 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
         if n:
             rows = _batch_rows(window_plan.window_ids, window_plan.origins, cfg.batch_size)
             per_task = max(1, WINDOWS_PER_BLOCK // cfg.batch_size)  # model batches per read task
-            ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // per_task)))
+            # blocks of many windows each, but enough of them to keep every actor busy on small jobs
+            n_blocks = min(len(rows), max(-(-len(rows) // per_task), 4 * max_actors))
+            ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
             # Ray Data retries read tasks lost with their worker, and restarts lost actors and their batches
             # (its defaults: max_restarts=-1, max_task_retries=-1); exceptions from our code are not retried.
             ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg}, batch_size=per_task, num_cpus=1)
