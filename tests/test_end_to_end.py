@@ -28,7 +28,8 @@ PATCH = 320  # the project's models are trained on 320 px patches
 @pytest.fixture(scope="module")
 def p0706_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("dota") / "p0706.geojson"
-    result = TileJob(DOTA / "P0706.png", DOTA_MODEL, patch_size=640, overlap=0.25, progress=False, runner="local").run()
+    result = TileJob(DOTA / "P0706.png", DOTA_MODEL, patch_size=640, overlap=0.25, progress=False,
+                     runner="local").run()
     result.to_file(out)
     return result, out
 
@@ -116,3 +117,19 @@ def test_geojson_is_rfc7946_and_lands_on_objects(scene, tmp_path):
     bbox = np.array([f["properties"]["bbox_px"] for f in fc["features"]])
     assert (bbox[:, 2] > 400).all() and (bbox[:, 3] > 400).all()
     assert result.stats.windows_planned > result.stats.windows_run
+
+
+def test_geodataframe_matches_the_geojson(scene, tmp_path):
+    gpd = pytest.importorskip("geopandas")
+    tif, _ = scene
+    out = tmp_path / "det.geojson"
+    result = TileJob(tif, MODELS / "tiler-detect.pt", patch_size=PATCH, progress=False, out=out,
+                     runner="local").run()
+    gdf = result.to_geodataframe()
+    from_file = gpd.read_file(out)
+    assert len(gdf) == len(from_file) == len(result) > 50
+    assert gdf.crs.to_epsg() == 4326
+    assert list(gdf["class_name"]) == list(from_file["class_name"])
+    # same polygons as written (the file rounds lon/lat to 7 decimals, ~1 cm)
+    assert gdf.geometry.distance(from_file.geometry).max() < 1e-6
+    assert (gdf["x1"] > gdf["x0"]).all() and (gdf["y1"] > gdf["y0"]).all()
