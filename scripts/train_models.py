@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the project's three small models (detect, segment, obb) on synthetic aerial patches.
 
-Usage: python scripts/train_models.py [--out models] [--epochs 40] [--tasks detect,segment,obb]
+Usage: python scripts/train_models.py [--out models] [--epochs 35] [--tasks detect,segment,obb]
 
 Everything is made here from `tiler.synth`: the patches (fixed seeds), the labels, the network definition
 (YOLOv8 at a reduced width so the weights stay well under 6 MB), and the training run (fixed seed,
@@ -76,7 +76,7 @@ def train(task: str, data_yaml: Path, work: Path, epochs: int, threads: int) -> 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "models"))
-    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--epochs", type=int, default=35)
     ap.add_argument("--tasks", default="detect,segment,obb")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")

@@ -80,8 +80,12 @@ def check_feature(feat: dict) -> None:
 # -- invalid invocations -------------------------------------------------------------------------------------
 
 def _bad_cases(tmp: Path) -> dict[str, tuple[list, str]]:
-    """name -> (argv after `predict`, a regex the error line must match). {out} is replaced later."""
-    img, model = str(IMAGE), str(MODEL)
+    """name -> (argv after `predict`, a regex the error line must match). {out} is replaced later.
+    The valid parts are the project's own model and a small generated scene, so these run anywhere."""
+    from tiler.synth import SceneSpec, write_scene
+
+    img = str(write_scene(SceneSpec(256, 256, seed=5), tmp / "scene.tif")[0])
+    model = str(REPO / "models" / "tiler-detect.pt")
     garbage_pt = tmp / "garbage.pt"
     garbage_pt.write_bytes(os.urandom(4096))
     garbage_tif = tmp / "garbage.tif"
@@ -115,8 +119,6 @@ def assert_usage_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_invalid_values_exit_2_with_one_line_and_no_output(case, tmp_path):
-    # the inputs that must be valid for the case to isolate one problem come from ../shared
-    need_shared(MODEL, IMAGE)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     out_dir = tmp_path / "out"
@@ -142,13 +144,15 @@ def test_invalid_output_path_exit_2(out_name, pattern, tmp_path):
 
 
 def test_existing_output_replaced_only_on_success(tmp_path):
-    need_shared(IMAGE)
+    from tiler.synth import SceneSpec, write_scene
+
+    image = write_scene(SceneSpec(256, 256, seed=5), tmp_path / "inputs" / "scene.tif")[0]
     out = tmp_path / "result.geojson"
     out.write_text("sentinel\n", encoding="utf-8")
-    proc = run_cli("predict", IMAGE, "--model", tmp_path / "missing.pt", "--out", out, "--no-progress")
+    proc = run_cli("predict", image, "--model", tmp_path / "missing.pt", "--out", out, "--no-progress")
     assert_usage_error(proc, r"missing\.pt")
     assert out.read_text(encoding="utf-8") == "sentinel\n"
-    assert sorted(os.listdir(tmp_path)) == ["result.geojson"], "no hidden .part file may be left behind"
+    assert sorted(os.listdir(tmp_path)) == ["inputs", "result.geojson"], "no hidden .part file may be left"
 
 
 def test_predict_help_lists_every_option():
