@@ -16,7 +16,7 @@ from .detections import Detections, to_global
 from .grid import WindowGrid, plan_windows, select_windows_with_data
 from .merge import nms
 from .model import Predictor
-from .raster import RasterSource
+from .raster import RasterSource, gdal_env
 from .result import JobResult, JobStats
 
 
@@ -46,6 +46,17 @@ def plan(cfg: JobConfig, source: RasterSource) -> WindowPlan:
         keep = select_windows_with_data(grid, mask, sx, sy)
         origins, ids = origins[keep], ids[keep]
     return WindowPlan(grid, origins, ids, len(grid) - len(ids))
+
+
+def start_job(cfg: JobConfig, stats: JobStats) -> tuple[RasterSource, WindowPlan]:
+    """Open the source and plan its windows (the driver's share of every runner), recording both in stats."""
+    t = time.perf_counter()
+    source = open_source(cfg)
+    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
+        window_plan = plan(cfg, source)
+    stats.add_time("plan", time.perf_counter() - t)
+    stats.windows_planned, stats.windows_skipped = window_plan.planned, window_plan.skipped
+    return source, window_plan
 
 
 def make_predictor(cfg: JobConfig) -> Predictor:

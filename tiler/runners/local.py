@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..config import JobConfig
 from ..detections import Detections
-from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, plan, read_patches
+from ..pipeline import finish, has_data, infer_patches, make_predictor, read_patches, start_job
 from ..raster import gdal_env
 from ..result import JobResult, JobStats
 
@@ -20,15 +20,11 @@ def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = N
     """Run the job in this process. `on_progress(windows_done, windows_total)` is called after each batch."""
     t_start = time.perf_counter()
     stats = JobStats(runner="local")
-    t = time.perf_counter()
-    source = open_source(cfg)
+    source, window_plan = start_job(cfg, stats)
     with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-        window_plan = plan(cfg, source)
-        stats.add_time("plan", time.perf_counter() - t)
         t = time.perf_counter()
         predictor = make_predictor(cfg)
         stats.add_time("load_model", time.perf_counter() - t)
-        stats.windows_planned, stats.windows_skipped = window_plan.planned, window_plan.skipped
         n = len(window_plan.window_ids)
         starts = list(range(0, n, cfg.batch_size))
         parts: list[Detections] = []

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..config import JobConfig
 from ..detections import Detections
 from ..errors import TilerError, WindowReadError
-from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, plan, read_patches
+from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, read_patches, start_job
 from ..raster import RasterSource, gdal_env
 from ..result import JobResult, JobStats
 
@@ -180,13 +180,8 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
 
     t_start = time.perf_counter()
     stats = JobStats(runner="ray")
-    t = time.perf_counter()
-    source = open_source(cfg)
-    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-        window_plan = plan(cfg, source)
-        source.close()
-        stats.add_time("plan", time.perf_counter() - t)
-    stats.windows_planned, stats.windows_skipped = window_plan.planned, window_plan.skipped
+    source, window_plan = start_job(cfg, stats)
+    source.close()  # the driver needs only its metadata from here on; workers open their own
     # the driver checks the model once, so a bad file is a one-line error, not a failed actor pool
     from ..model import load_model
 
