@@ -2,7 +2,7 @@
 """tiler vs SAHI sliced prediction, side by side in one run: wall time, peak RSS and their ratios.
 
     .venv/bin/pip install --no-deps 'sahi==0.12.8' fire termcolor   # not its GUI opencv-python
-    .venv/bin/python bench/bench_vs_sahi.py [--size 8192] [--skip-dota]
+    .venv/bin/python bench/bench_vs_sahi.py [--size 8192] [--repeat 3] [--skip-dota]
 
 Each engine runs in its own fresh process (so peak RSS is its own), with the same model, patch size,
 overlap, confidence and torch threads; both merge with IoS 0.5. Cases:
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -122,6 +123,7 @@ def main() -> int:
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--conf", type=float, default=0.25)
     ap.add_argument("--size", type=int, default=8192)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per engine, interleaved; medians are compared")
     ap.add_argument("--skip-dota", action="store_true")
     ap.add_argument("--skip-scene", action="store_true")
     ap.add_argument("--work", default=str(REPO / "out" / "bench"))
@@ -141,17 +143,21 @@ def main() -> int:
         cases.append(("scene", scene, REPO / "models/tiler-obb.pt", 320))
     if not args.skip_dota and (SHARED / "data/dota/P0706.png").exists():
         cases.append(("P0706", SHARED / "data/dota/P0706.png", SHARED / "models/yolov8n-obb.pt", 640))
-    print(f"{'case':<8} {'engine':<6} {'job s':>8} {'process s':>10} {'peak RSS MB':>12} {'objects':>8}")
+    print(f"{'case':<8} {'engine':<6} {'run':>3} {'job s':>8} {'process s':>10} {'peak RSS MB':>12} {'objects':>8}")
     for name, image, model, patch in cases:
-        res = {}
-        for engine in ("tiler", "sahi"):
-            out = work / f"{name}-{engine}.json"
-            res[engine] = spawn(engine, image, model, patch, args.overlap, args.conf, out)
-            r = res[engine]
-            print(f"{name:<8} {engine:<6} {r['seconds']:>8.1f} {r['process_seconds']:>10.1f} "
-                  f"{r['peak_rss_mb']:>12.0f} {r['objects']:>8}", flush=True)
-        t, s = res["tiler"], res["sahi"]
-        print(f"{name:<8} ratio  tiler/sahi: wall {t['seconds'] / s['seconds']:.2f}x "
+        runs: dict[str, list[dict]] = {"tiler": [], "sahi": []}
+        for k in range(args.repeat):  # interleaved, so a slow spell of a shared machine hits both engines
+            for engine in ("tiler", "sahi"):
+                out = work / f"{name}-{engine}.json"
+                r = spawn(engine, image, model, patch, args.overlap, args.conf, out)
+                runs[engine].append(r)
+                print(f"{name:<8} {engine:<6} {k + 1:>3} {r['seconds']:>8.1f} {r['process_seconds']:>10.1f} "
+                      f"{r['peak_rss_mb']:>12.0f} {r['objects']:>8}", flush=True)
+        med = {e: {key: statistics.median(r[key] for r in rs) for key in ("seconds", "process_seconds", "peak_rss_mb")}
+               for e, rs in runs.items()}
+        t, s = med["tiler"], med["sahi"]
+        print(f"{name:<8} median of {args.repeat}: tiler {t['seconds']:.1f} s, sahi {s['seconds']:.1f} s; "
+              f"ratio tiler/sahi: wall {t['seconds'] / s['seconds']:.2f}x "
               f"(process {t['process_seconds'] / s['process_seconds']:.2f}x), "
               f"peak RSS {t['peak_rss_mb'] / s['peak_rss_mb']:.2f}x", flush=True)
         if name == "P0706":

@@ -130,6 +130,14 @@ def test_model_imgsz_explicit():
     assert cfg(patch_size="700x600", imgsz=640).model_imgsz == 640
 
 
+@pytest.mark.parametrize("kw, expected", [
+    ({"patch_size": 320}, 16), ({"patch_size": 640}, 4), ({"patch_size": 512}, 6), ({"patch_size": 1024}, 1),
+    ({"patch_size": 4096}, 1), ({"patch_size": 32}, 64), ({"patch_size": "700x600", "imgsz": 320}, 16),
+    ({"patch_size": 320, "batch_size": 3}, 3)])
+def test_batch_size_defaults_to_a_pixel_budget_of_the_model_input(kw, expected):
+    assert cfg(**kw).batch_size == expected
+
+
 # -- from_mapping / replace ----------------------------------------------------------------------------------
 
 def test_from_mapping_round_trip():

@@ -87,3 +87,54 @@ def test_segment_polygons_account_for_letterbox():
     truth = np.array([shapely.Polygon(lab.polygon) for lab in labels], dtype=object)
     s = match(pred, dets.score, truth_geometries(truth, "segment"), iou_threshold=0.5)
     assert s.tp >= 0.8 * len(labels), s
+
+
+EQUALS_ULTRALYTICS = r"""
+import json, sys
+import numpy as np
+from tiler.model import Predictor
+from tiler.synth import SceneSpec
+
+spec = SceneSpec(2048, 2048, seed=4242)
+square = [spec.render(x, y, 320, 320) for y in (0, 700, 1400) for x in (100, 900, 1700)]
+oblong = [spec.render(x, 1000, 300, 200) for x in (0, 600, 1200)]  # letterboxed to the 320 input
+out = {}
+first = {}
+for task in ("obb", "detect", "segment"):
+    for name, patches in (("square", square), ("oblong", oblong)):
+        p = Predictor(f"models/tiler-{task}.pt", imgsz=320, threads=1)
+        first[task, name] = (p, patches, p.predict(patches))
+out["torchvision_imported_by_tiler"] = "torchvision" in sys.modules
+
+from ultralytics import YOLO
+from tiler.detections import Detections
+for (task, name), (p, patches, ours) in first.items():
+    theirs = YOLO(f"models/tiler-{task}.pt").predict([np.ascontiguousarray(q[..., ::-1]) for q in patches],
+                                                        **p.args)
+    ref = Detections.concat([p._extract(r, k) for k, r in enumerate(theirs)])
+    out[f"{task}/{name}"] = {
+        "n": len(ours), "n_ref": len(ref),
+        "equal": bool(len(ours) == len(ref) and np.array_equal(ours.coords, ref.coords)
+                      and np.array_equal(ours.score, ref.score) and np.array_equal(ours.class_id, ref.class_id)
+                      and np.array_equal(ours.window, ref.window))}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_fast_path_equals_ultralytics_predict():
+    """Predictor calls Ultralytics' letterbox/forward/postprocess directly and skips its warm-up (which only
+    imports torchvision for NMS); its detections must equal `YOLO.predict` bit for bit, for every task, for
+    square patches and letterboxed oblong ones. A fresh process, so that torchvision is really absent."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", EQUALS_ULTRALYTICS], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert res.pop("torchvision_imported_by_tiler") is False
+    assert len(res) == 6
+    for case, r in res.items():
+        assert r["n"] >= 5, (case, r)  # enough objects that NMS and scaling are exercised
+        assert r["equal"], (case, r)

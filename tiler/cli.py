@@ -45,7 +45,8 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--sorter", metavar="score|intelligent",
                    help="merge order: by score (default), or confidence bins then larger area first")
     p.add_argument("--bands", metavar="B,B,B", help="1-based bands to use as RGB (default 1,2,3)")
-    p.add_argument("--batch-size", type=int, help="patches per forward pass (default 8)")
+    p.add_argument("--batch-size", type=int, help="patches per forward pass (default: about 1.6 Mpx of model input, "
+                   "16 at 320 px, 4 at 640 px; a GPU usually wants more)")
     p.add_argument("--device", help="auto (CUDA if present), cpu, cuda:N (default auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
                    "--cpus-per-worker on Ray)")
