@@ -53,13 +53,17 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--patch", type=int, default=320)
     ap.add_argument("--overlap", type=float, default=0.25)
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=None, help="patches per forward pass (default: the job's)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=str(REPO / "models" / "tiler-obb.pt"))
     ap.add_argument("--work", default=str(REPO / "out" / "bench"))
     ap.add_argument("--pure-part", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.batch is None:
+        from tiler.config import auto_batch_size
+
+        args.batch = auto_batch_size(args.patch)
     scene = Path(args.work) / f"scene-{args.size}.tif"
     if args.pure_part is not None:
         res = pure_forward(str(scene), args.model, args.patch, args.overlap, args.batch, args.threads,
