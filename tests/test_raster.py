@@ -94,6 +94,24 @@ def test_read_inside_is_exact(grad_tif):
         np.testing.assert_array_equal(out, ref[50:90, 100:180])
 
 
+@pytest.mark.parametrize("layout", [dict(interleave="pixel", tiled=True, blockxsize=64, blockysize=64),
+                                    dict(interleave="band", tiled=True, blockxsize=64, blockysize=64),
+                                    dict(interleave="pixel"), dict(interleave="band")])
+@pytest.mark.parametrize("bands", [None, (3, 1, 2)])
+def test_reads_anywhere_equal_padded_slices_for_every_layout(tmp_path, layout, bands):
+    """The uint8 fast path (GDAL writing straight into a strided view of the patch) against plain numpy."""
+    data = gradient(150, 110, bands=3)
+    path = write_tif(tmp_path / "g.tif", data, **layout)
+    order = [b - 1 for b in (bands or (1, 2, 3))]
+    padded = np.zeros((110 + 80, 150 + 80, 3), np.uint8)
+    padded[40:150, 40:190] = rgb(data[order])
+    with RasterSource(path, bands=bands) as src:
+        for x0 in (-40, -7, 0, 33, 100, 140):
+            for y0 in (-40, -3, 0, 51, 80, 105):
+                out = src.read(x0, y0, 48, 36)
+                np.testing.assert_array_equal(out, padded[y0 + 40:y0 + 76, x0 + 40:x0 + 88], err_msg=f"{x0},{y0}")
+
+
 def test_read_overlapping_right_and_bottom_edge_is_zero_padded(grad_tif):
     path, data = grad_tif
     ref = rgb(data)
