@@ -125,15 +125,16 @@ class Predictor:
         import torch
 
         ul = self._ul
+        images = list(patches)
         with torch.inference_mode():
             # letterboxing is colour-blind, so RGB patches go through it as they are
-            im = np.stack(ul.pre_transform(patches))
+            im = np.stack(ul.pre_transform(images))
             x = torch.from_numpy(im).to(ul.device).permute(0, 3, 1, 2).contiguous()
             x = (x.half() if ul.model.fp16 else x.float()).div_(255)
             preds = ul.model(x)
             # postprocess pairs each image with a path from the current batch: (paths, images, log strings)
-            ul.batch = ([""] * len(patches), list(patches), [""] * len(patches))
-            results = ul.postprocess(preds, x, list(patches))
+            ul.batch = ([""] * len(images), images, [""] * len(images))
+            results = ul.postprocess(preds, x, images)
         if len(results) != len(patches):  # an Ultralytics upgrade changed the internals this relies on
             raise ModelError(f"Ultralytics returned {len(results)} results for {len(patches)} patches")
         return results
