@@ -186,3 +186,21 @@ def test_bad_types_raise_config_error(kw):
         raise
     if "overlap" not in kw:
         pytest.fail(f"{kw} was accepted")
+
+
+@pytest.mark.parametrize("kw, name", [
+    ({"merge": "nms"}, "merge"), ({"merge": None}, "merge"), ({"simplify": -0.1}, "simplify"),
+    ({"simplify": float("nan")}, "simplify"), ({"simplify": "0.5"}, "simplify"), ({"simplify": 11}, "simplify"),
+    ({"largest_part": "yes"}, "largest_part"), ({"keep_masks": 1}, "keep_masks"),
+])
+def test_segmentation_and_merge_options_rejected(kw, name):
+    err = bad(**kw)
+    assert str(err).startswith(name)
+
+
+def test_merge_by_task():
+    assert cfg().merge == "auto"
+    assert [cfg().merge_method(t) for t in ("detect", "obb", "segment")] == ["suppress", "suppress", "union"]
+    assert cfg(merge="suppress").merge_method("segment") == "suppress"
+    assert cfg(merge="union").merge_method("obb") == "union"
+    assert cfg(simplify=0).simplify == 0.0 and isinstance(cfg(simplify=1).simplify, float)

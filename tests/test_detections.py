@@ -225,3 +225,79 @@ def test_to_global_seam_margin_parameter():
 def test_to_global_empty():
     out = to_global(Detections.empty(), ORIGINS, WINDOW_IDS, PATCH, RASTER)
     assert len(out) == 0
+
+
+# -- geometries with holes and parts, and per-object masks ----------------------------------------------------
+
+def courtyard(x: float, y: float, size: float = 10.0) -> shapely.Polygon:
+    return shapely.box(x, y, x + size, y + size).difference(shapely.box(x + 3, y + 3, x + 6, y + 6))
+
+
+def mixed_geometries() -> np.ndarray:
+    return np.array([courtyard(0, 0), shapely.MultiPolygon([shapely.box(20, 0, 25, 5), courtyard(30, 0)]),
+                     shapely.box(50, 50, 53, 52), shapely.Polygon([(60, 60), (70, 61), (64, 69)])], dtype=object)
+
+
+def test_from_geometries_round_trips_holes_and_parts():
+    geoms = mixed_geometries()
+    dets = Detections.from_geometries(geoms, [1, 2, 3, 4], [0.9, 0.8, 0.7, 0.6], window=5)
+    check_consistent(dets)
+    assert dets.rings is not None and dets.rings.shell.tolist() == [True, False, True, True, False, True, True]
+    back = dets.geometries()
+    assert [g.geom_type for g in back] == ["Polygon", "MultiPolygon", "Polygon", "Polygon"]
+    assert shapely.equals(back, geoms).all()
+    np.testing.assert_allclose(dets.bounds(), shapely.bounds(geoms))
+    # take and concat keep every ring with its detection, in any order
+    picked = dets.take([3, 1, 1, 0])
+    assert shapely.equals(picked.geometries(), geoms[[3, 1, 1, 0]]).all()
+    boxes = Detections.from_polygons(np.array([[[0, 0], [1, 0], [1, 1], [0, 1.0]]]), [0], [0.5])
+    both = Detections.concat([boxes, dets, boxes])
+    check_consistent(both)
+    assert shapely.equals(both.geometries()[1:5], geoms).all()
+    assert both.geometries()[0].equals(shapely.box(0, 0, 1, 1)) and both.geometries()[5].equals(shapely.box(0, 0, 1, 1))
+
+
+def test_simple_geometries_need_no_ring_layout():
+    geoms = np.array([shapely.box(0, 0, 2, 2), shapely.box(5, 5, 9, 6)], dtype=object)
+    dets = Detections.from_geometries(geoms, [0, 1], [0.5, 0.4], window=[3, 4])
+    assert dets.rings is None and dets.counts.tolist() == [4, 4] and dets.window.tolist() == [3, 4]
+    assert shapely.equals(dets.geometries(), geoms).all()
+
+
+def test_masks_follow_their_detections_through_take_concat_and_to_global():
+    from tiler.detections import Masks
+
+    rng = np.random.default_rng(2)
+    crops = [rng.random((h, w)) > 0.5 for h, w in ((3, 4), (5, 2), (1, 1))]
+    masks = Masks.from_crops(crops, np.array([[10, 20], [0, 0], [7, 9]]))
+    geoms = np.array([shapely.box(10, 20, 14, 23), shapely.box(0, 0, 2, 5), shapely.box(7, 9, 8, 10)], dtype=object)
+    dets = Detections.from_geometries(geoms, [0, 1, 2], [0.9, 0.8, 0.7], window=[0, 1, 0], masks=masks)
+    g = to_global(dets, np.array([[100, 200], [300, 400]]), np.array([11, 12]), (320, 320), (10_000, 10_000))
+    assert g.window.tolist() == [11, 12, 11]
+    for k, (dx, dy) in enumerate([(100, 200), (300, 400), (100, 200)]):
+        crop, (x0, y0) = g.masks.crop(k)
+        np.testing.assert_array_equal(crop, crops[k])
+        assert (x0, y0) == tuple(masks.boxes[k, :2] + (dx, dy))
+    t = Detections.concat([g.take([2, 0]), g.take([1])])
+    for k, src in enumerate([2, 0, 1]):
+        np.testing.assert_array_equal(t.masks.crop(k)[0], crops[src])
+    assert Detections.concat([g, Detections.from_polygons([np.eye(3, 2)], [0], [0.1])]).masks is None
+
+
+def test_masks_of_a_group_are_joined_on_the_box_holding_them_all():
+    from tiler.detections import Masks
+
+    a = np.zeros((4, 6), bool)
+    a[1:3, 2:6] = True
+    b = np.ones((2, 3), bool)
+    c = np.eye(3, dtype=bool)
+    masks = Masks.from_crops([a, b, c], np.array([[10, 10], [15, 12], [0, 0]]))
+    order, offsets = np.array([2, 1, 0]), np.array([0, 1, 3])  # groups: {2}, {1, 0}
+    out = masks.union_groups(order, offsets)
+    np.testing.assert_array_equal(out.crop(0)[0], c)
+    joined, (x0, y0) = out.crop(1)
+    assert (x0, y0) == (10, 10) and joined.shape == (4, 8)
+    expect = np.zeros((4, 8), bool)
+    expect[1:3, 2:6] = True
+    expect[2:4, 5:8] = True
+    np.testing.assert_array_equal(joined, expect)

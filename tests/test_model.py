@@ -102,7 +102,7 @@ out = {}
 first = {}
 for task in ("obb", "detect", "segment"):
     for name, patches in (("square", square), ("oblong", oblong)):
-        p = Predictor(f"models/tiler-{task}.pt", imgsz=320, threads=1)
+        p = Predictor(f"models/tiler-{task}.pt", imgsz=320, threads=1, keep_masks=True)
         first[task, name] = (p, patches, p.predict(patches))
 out["torchvision_imported_by_tiler"] = "torchvision" in sys.modules
 
@@ -111,6 +111,28 @@ from tiler.detections import Detections
 for (task, name), (p, patches, ours) in first.items():
     theirs = YOLO(f"models/tiler-{task}.pt").predict([np.ascontiguousarray(q[..., ::-1]) for q in patches],
                                                         **p.args)
+    if task == "segment":
+        # outlines are tiler's own (exact iso-lines); which objects, their classes and scores are Ultralytics',
+        # and so are the bitmaps where the patch is the model input (square: no letterbox)
+        cls = np.concatenate([r.boxes.cls.numpy() for r in theirs]).astype(np.int32)
+        conf = np.concatenate([r.boxes.conf.numpy() for r in theirs])
+        win = np.concatenate([np.full(len(r.boxes), k) for k, r in enumerate(theirs)])
+        agree = total = 0
+        if name == "square":
+            kk = 0
+            for k, r in enumerate(theirs):
+                data = r.masks.data.numpy().astype(bool)
+                for j in range(len(data)):
+                    crop, (x0, y0) = ours.masks.crop(kk)
+                    h, w = crop.shape
+                    agree += int((data[j, y0:y0 + h, x0:x0 + w] == crop).sum()) - int(data[j].sum() - data[j, y0:y0 + h, x0:x0 + w].sum())
+                    total += crop.size
+                    kk += 1
+        out[f"{task}/{name}"] = {
+            "n": len(ours), "n_ref": len(cls), "mask_agreement": agree / total if total else 1.0,
+            "equal": bool(len(ours) == len(cls) and np.array_equal(ours.score, conf)
+                          and np.array_equal(ours.class_id, cls) and np.array_equal(ours.window, win))}
+        continue
     ref = Detections.concat([p._extract(r, k) for k, r in enumerate(theirs)])
     out[f"{task}/{name}"] = {
         "n": len(ours), "n_ref": len(ref),
@@ -124,7 +146,8 @@ print("RESULT " + json.dumps(out))
 def test_fast_path_equals_ultralytics_predict():
     """Predictor calls Ultralytics' letterbox/forward/postprocess directly and skips its warm-up (which only
     imports torchvision for NMS); its detections must equal `YOLO.predict` bit for bit, for every task, for
-    square patches and letterboxed oblong ones. A fresh process, so that torchvision is really absent."""
+    square patches and letterboxed oblong ones (for segment: the same objects, classes and scores, and the same
+    bitmaps, made per object). A fresh process, so that torchvision is really absent."""
     import json
     import subprocess
     import sys
@@ -138,3 +161,4 @@ def test_fast_path_equals_ultralytics_predict():
     for case, r in res.items():
         assert r["n"] >= 5, (case, r)  # enough objects that NMS and scaling are exercised
         assert r["equal"], (case, r)
+        assert r.get("mask_agreement", 1.0) > 0.9999, (case, r)

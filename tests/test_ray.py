@@ -88,3 +88,17 @@ def test_progress_callback_counts_every_window(cluster, scene, tmp_path):
     total = result.stats.windows_planned - result.stats.windows_skipped
     assert seen and seen[-1] == (total, total)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_segmentation_with_union_and_masks_ray_equals_local(cluster, scene, tmp_path):
+    """Exact outlines (holes, parts), the union merge and per-object masks travel through Ray unchanged."""
+    import numpy as np
+
+    local, remote = run_both(tmp_path, scene, REPO / "models" / "tiler-segment.pt", patch_size=320, overlap=0.25,
+                             merge="union", keep_masks=True)
+    assert len(local) > 30
+    assert features(tmp_path / "ray.geojson") == features(tmp_path / "local.geojson")
+    a, b = local.detections, remote.detections
+    assert a.masks is not None and len(a.masks) == len(a)
+    np.testing.assert_array_equal(a.masks.boxes, b.masks.boxes)
+    np.testing.assert_array_equal(a.masks.data, b.masks.data)

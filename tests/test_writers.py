@@ -232,3 +232,42 @@ def test_output_path_that_is_a_directory(tmp_path):
     (tmp_path / "out.geojson").mkdir()
     with pytest.raises(OutputError):
         check_output_path(tmp_path / "out.geojson")
+
+
+@pytest.mark.parametrize("georeferenced", [False, True])
+def test_holes_and_parts_are_written_valid_and_rfc7946_oriented(tmp_path, georeferenced):
+    """Polygons with holes and MultiPolygons: exteriors counter-clockwise, holes clockwise, valid, and
+    read back by GDAL (pyogrio) as the same geometries."""
+    import pyogrio
+    import shapely
+
+    # rings given with the "wrong" orientation on purpose: exteriors clockwise, holes counter-clockwise
+    yard = shapely.Polygon([(0, 0), (0, 10), (10, 10), (10, 0)], [[(3, 3), (6, 3), (6, 6), (3, 6)]])
+    multi = shapely.MultiPolygon([shapely.box(20, 0, 25, 5, ccw=False), shapely.orient_polygons(yard, exterior_cw=True)])
+    geoms = np.array([yard, multi, shapely.box(40, 40, 44, 43)], dtype=object)
+    dets = Detections.from_geometries(geoms, [0, 1, 2], [0.9, 0.8, 0.7], window=0)
+    geo = Georeferencer(Affine(0.5, 0, 500_000, 0, -0.5, 5_000_000), "EPSG:32633") if georeferenced else None
+    out = tmp_path / "holes.geojson"
+    write_detections(out, dets, NAMES, geo)
+    feats = json.loads(out.read_text())["features"]
+    assert [f["geometry"]["type"] for f in feats] == ["Polygon", "MultiPolygon", "Polygon"]
+    read = [shapely.geometry.shape(f["geometry"]) for f in feats]
+    assert all(g.is_valid and not g.is_empty for g in read)
+    for g in read:
+        for part in getattr(g, "geoms", [g]):
+            assert part.exterior.is_ccw
+            assert all(not ring.is_ccw for ring in part.interiors)
+    assert len(read[0].interiors) == 1 and len(read[1].geoms) == 2 and len(read[1].geoms[1].interiors) == 1
+    back = np.array(list(pyogrio.read_dataframe(out).geometry), dtype=object)
+    if georeferenced:  # lon/lat -> map -> pixels
+        from pyproj import Transformer
+
+        to_map = Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+
+        def to_pixels(xy):
+            x, y = to_map.transform(xy[:, 0], xy[:, 1])
+            return np.column_stack([(x - 500_000) / 0.5, (5_000_000 - y) / 0.5])
+
+        back = shapely.transform(back, to_pixels)
+    for a, b in zip(back, geoms):  # 7 decimals of a degree are ~1 cm: 0.02 px here
+        assert shapely.area(shapely.symmetric_difference(a, b)) < 0.03 * b.length

@@ -44,6 +44,14 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    help="merge across classes (default: only detections of the same class suppress each other)")
     p.add_argument("--sorter", metavar="score|intelligent",
                    help="merge order: by score (default), or confidence bins then larger area first")
+    p.add_argument("--merge", metavar="auto|suppress|union",
+                   help="suppress: keep the best of overlapping detections; union: join the fragments of an object "
+                        "larger than a patch that different windows saw into one; auto (default): union for "
+                        "segment models, suppress for detect and obb")
+    p.add_argument("--simplify", type=float, metavar="TOL",
+                   help="segmentation outlines: simplification tolerance in pixels (default 0.25; 0 = none)")
+    p.add_argument("--largest-part", action="store_true", default=None,
+                   help="segmentation: keep only the largest polygon of a mask (default: a MultiPolygon of all parts)")
     p.add_argument("--bands", metavar="B,B,B", help="1-based bands to use as RGB (default 1,2,3)")
     p.add_argument("--batch-size", type=int, help="patches per forward pass (default: about 1.6 Mpx of model input, "
                    "16 at 320 px, 4 at 640 px; a GPU usually wants more)")
@@ -72,6 +80,9 @@ def _synth_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--size", default="4096x4096", metavar="WxH", help="scene size in pixels (default 4096x4096)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--nodata-margin", type=int, default=0, help="pixels of nodata along the left and top edges")
+    p.add_argument("--large-objects", action="store_true",
+                   help="also large buildings, 300-900 px across (rectangles, L and U shapes, many with "
+                        "courtyards), at most two per 2048-px cell; their truth features say \"large\": true")
     p.add_argument("--truth", default=None, help="ground-truth path (default OUT with .truth.geojson)")
     return p
 
@@ -101,7 +112,8 @@ def load_job_spec(path: str | os.PathLike) -> dict:
 
 
 _CLI_TO_CONFIG = ("model", "out", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
-                  "nms_threshold", "match_metric", "class_agnostic", "sorter", "bands", "batch_size", "device",
+                  "nms_threshold", "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part",
+                  "bands", "batch_size", "device",
                   "threads", "gdal_cache_mb", "runner", "address", "workers", "gpus_per_worker", "cpus_per_worker")
 
 
@@ -133,8 +145,8 @@ def _run_synth(args) -> int:
     from .synth import SceneSpec, write_scene
 
     w, h = parse_size(args.size, "size")
-    path, truth = write_scene(SceneSpec(w, h, seed=args.seed, nodata_margin=args.nodata_margin), args.out,
-                              args.truth)
+    spec = SceneSpec(w, h, seed=args.seed, nodata_margin=args.nodata_margin, large_objects=args.large_objects)
+    path, truth = write_scene(spec, args.out, args.truth)
     print(f"tiler: wrote {w}x{h} scene {path} and ground truth {truth}")
     return 0
 

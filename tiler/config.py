@@ -14,6 +14,10 @@ from .errors import ConfigError
 MATCH_METRICS = ("ios", "iou")
 SORTERS = ("score", "intelligent")
 RUNNERS = ("auto", "local", "ray")
+MERGES = ("auto", "suppress", "union")
+# merge method by task when merge="auto" (measured: bench/README.md, "Choosing the merge")
+AUTO_MERGE = {"detect": "suppress", "obb": "suppress", "segment": "union"}
+DEFAULT_SIMPLIFY = 0.25  # pixels: segmentation outlines (measured: bench/README.md, "Outline simplification")
 AUTO_RAY_WINDOWS = 32  # runner "auto" uses Ray above this many windows; below, start-up would dominate
 
 
@@ -132,6 +136,11 @@ class JobConfig:
     match_metric: str = "ios"
     class_agnostic: bool = False
     sorter: str = "score"
+    merge: str = "auto"  # suppress (greedy NMS) | union (join fragments of one object) | auto: by task
+    # segmentation outlines
+    simplify: float = DEFAULT_SIMPLIFY  # tolerance in pixels; 0 keeps every marching-squares vertex
+    largest_part: bool = False  # keep only the largest polygon of a mask with several parts
+    keep_masks: bool = False  # carry each object's bitmap (crop + offset) in the result
     # I/O
     gdal_cache_mb: int | None = None  # default: sized to the raster (see RasterSource.block_cache_bytes)
     progress: bool = True
@@ -184,6 +193,15 @@ class JobConfig:
             raise ConfigError(f"match_metric must be one of {', '.join(MATCH_METRICS)}, got {self.match_metric!r}")
         if self.sorter not in SORTERS:
             raise ConfigError(f"sorter must be one of {', '.join(SORTERS)}, got {self.sorter!r}")
+        if self.merge not in MERGES:
+            raise ConfigError(f"merge must be one of {', '.join(MERGES)}, got {self.merge!r}")
+        v = self.simplify
+        if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not 0 <= v <= 10:
+            raise ConfigError(f"simplify must be a tolerance in pixels between 0 and 10, got {v!r}")
+        set_("simplify", float(v))
+        for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|\d+", str(self.device)):
@@ -206,6 +224,9 @@ class JobConfig:
         """Inference size: patches go to the model at their own size unless imgsz says otherwise."""
         return self.imgsz or max(self.patch_size)
 
+    def merge_method(self, task: str) -> str:
+        """The merge this job uses for a model of `task`."""
+        return AUTO_MERGE[task] if self.merge == "auto" else self.merge
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "JobConfig":

@@ -45,20 +45,34 @@ def signed_areas(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.bincount(owner, weights=cross, minlength=len(counts)) / 2.0
 
 
-def orient_ccw(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Reverse the rings that are clockwise (in lon/lat axes), as RFC 7946 wants exteriors CCW."""
-    area = signed_areas(coords, offsets)
-    counts = np.diff(offsets)
-    flip = np.repeat(area < 0, counts)
+def orient_rings(coords: np.ndarray, ring_offsets: np.ndarray, shell: np.ndarray | None = None) -> np.ndarray:
+    """RFC 7946 orientation: exterior rings counter-clockwise, holes clockwise (in x-right, y-up axes).
+
+    `ring_offsets` (R + 1,) delimit the rings in `coords`; `shell` (R,) marks exteriors (default: all)."""
+    area = signed_areas(coords, ring_offsets)
+    want_ccw = np.ones(len(area), dtype=bool) if shell is None else np.asarray(shell, bool)
+    counts = np.diff(ring_offsets)
+    flip = np.repeat((area < 0) == want_ccw, counts) & np.repeat(area != 0, counts)
     if not flip.any():
         return coords
-    owner_start = np.repeat(offsets[:-1], counts)
-    owner_end = np.repeat(offsets[1:], counts)
+    owner_start = np.repeat(ring_offsets[:-1], counts)
+    owner_end = np.repeat(ring_offsets[1:], counts)
     i = np.arange(len(coords))
     rev = owner_start + (owner_end - 1 - i)  # mirror index inside the ring
     return coords[np.where(flip, rev, i)]
 
 
+def orient_ccw(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Reverse the rings that are clockwise (in lon/lat axes), as RFC 7946 wants exteriors CCW."""
+    return orient_rings(coords, offsets)
+
+
+def oriented(dets: Detections, coords: np.ndarray) -> np.ndarray:
+    """`coords` (the vertices of `dets`, in output axes) with every ring oriented as RFC 7946 asks."""
+    rings = dets.ring_layout()
+    return orient_rings(coords, rings.vertex_offsets, rings.shell)
+
+
 def global_lonlat(dets: Detections, geo: Georeferencer) -> np.ndarray:
-    """All vertices of `dets` in lon/lat, rings counter-clockwise."""
-    return orient_ccw(geo.pixel_to_lonlat(dets.coords), dets.offsets)
+    """All vertices of `dets` in lon/lat, exteriors counter-clockwise and holes clockwise."""
+    return oriented(dets, geo.pixel_to_lonlat(dets.coords))

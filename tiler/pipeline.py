@@ -14,7 +14,7 @@ import numpy as np
 from .config import JobConfig
 from .detections import Detections, to_global
 from .grid import WindowGrid, plan_windows, select_windows_with_data
-from .merge import nms
+from .merge import merge_group_geometries, merge_group_scores, nms, union_groups
 from .model import Predictor
 from .raster import RasterSource, gdal_env
 from .result import JobResult, JobStats
@@ -61,7 +61,8 @@ def start_job(cfg: JobConfig, stats: JobStats) -> tuple[RasterSource, WindowPlan
 
 def make_predictor(cfg: JobConfig) -> Predictor:
     return Predictor(cfg.model, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.model_imgsz, classes=cfg.classes,
-                     max_det=cfg.max_det, device=cfg.device, threads=cfg.threads, half=cfg.half)
+                     max_det=cfg.max_det, device=cfg.device, threads=cfg.threads, half=cfg.half,
+                     simplify=cfg.simplify, largest_part=cfg.largest_part, keep_masks=cfg.keep_masks)
 
 
 def read_patches(source: RasterSource, cfg: JobConfig, origins: np.ndarray, window_ids: np.ndarray
@@ -86,25 +87,54 @@ def infer_patches(predictor: Predictor, cfg: JobConfig, raster_size: tuple[int, 
     return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], cfg.patch_size, raster_size)
 
 
-def merge(cfg: JobConfig, dets: Detections) -> Detections:
-    """Global NMS on the real polygons; detections cut by inner window edges rank last."""
+def merge(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
+    """Global merge on the real geometries; detections cut by inner window edges rank last.
+
+    suppress: greedy NMS keeps the best of overlapping detections. union: first the fragments of one object
+    that different windows saw (they overlap inside the windows' shared zone) become one detection whose
+    geometry is their union (a box's envelope, a rotated box's minimum rotated rectangle) and whose score is
+    the best; then the same NMS as suppress removes what remains doubled (two detections of one object in one
+    window, which union never joins)."""
     if not len(dets):
         return dets
-    keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold,
-               metric=cfg.match_metric, class_agnostic=cfg.class_agnostic, sorter=cfg.sorter,
-               demote=dets.on_seam)
+    if cfg.merge_method(task) == "union":
+        dets = _union(cfg, dets, task, grid)
+    keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold, metric=cfg.match_metric,
+               class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=dets.on_seam)
     merged = dets.take(keep)
     return merged.take(merged.sort_key())
 
 
-def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, names: dict[int, str], task: str,
-           stats: JobStats) -> JobResult:
+def _union(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
+    boxes = grid.bounds()[dets.window].astype(np.float64)
+    boxes[:, 2] = np.minimum(boxes[:, 2], grid.raster_width)
+    boxes[:, 3] = np.minimum(boxes[:, 3], grid.raster_height)
+    geoms = dets.geometries()
+    order, offsets = union_groups(geoms, dets.score, dets.class_id, dets.window, boxes,
+                                  threshold=cfg.nms_threshold, metric=cfg.match_metric,
+                                  class_agnostic=cfg.class_agnostic, demote=dets.on_seam)
+    sizes = np.diff(offsets)
+    if (sizes == 1).all():
+        return dets
+    best = order[offsets[:-1]]
+    kind = {"detect": "box", "obb": "rotated"}.get(task, "polygon")
+    merged_geoms = merge_group_geometries(geoms, order, offsets, kind=kind, threshold=cfg.nms_threshold,
+                                          metric=cfg.match_metric, demote=dets.on_seam)
+    scores = merge_group_scores(dets.score, order, offsets)
+    masks = None if dets.masks is None else dets.masks.union_groups(order, offsets)
+    # a joined object is no longer a cut-off view: it ranks with whole views in the NMS that follows
+    return Detections.from_geometries(merged_geoms, dets.class_id[best], scores, dets.window[best],
+                                      on_seam=dets.on_seam[best] & (sizes == 1), masks=masks)
+
+
+def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window_grid: WindowGrid,
+           names: dict[int, str], task: str, stats: JobStats) -> JobResult:
     """Merge every batch's detections into the job's result. Batches are put in window order first:
     runners may receive them in any order, and the merge must see the same input whatever the runner."""
     raw = Detections.concat(parts)
     raw = raw.take(np.argsort(raw.window, kind="stable"))
     t = time.perf_counter()
-    merged = merge(cfg, raw)
+    merged = merge(cfg, raw, task, window_grid)
     stats.add_time("merge", time.perf_counter() - t)
     stats.raw_detections, stats.kept_detections = len(raw), len(merged)
     georef = source.georeferenced

@@ -73,17 +73,15 @@ class JobResult:
             import geopandas as gpd
         except ImportError:
             raise ImportError("to_geodataframe() needs geopandas: pip install 'tiler[geo]'") from None
-        import shapely
 
         dets = self.detections
         geo = self.georeferencer
         if geo is not None:
             from .georef import global_lonlat
 
-            coords = global_lonlat(dets, geo)
+            geoms = dets.with_coords(global_lonlat(dets, geo)).geometries()
         else:
-            coords = dets.coords
-        geoms = shapely.polygons(shapely.linearrings(coords, indices=dets.owner())) if len(dets) else []
+            geoms = dets.geometries()
         b = dets.bounds()
         return gpd.GeoDataFrame(
             {"class_id": dets.class_id, "class_name": [self.names.get(int(c), str(c)) for c in dets.class_id],

@@ -15,9 +15,9 @@ from typing import Iterator, TextIO
 
 import numpy as np
 
-from .detections import Detections
+from .detections import Detections, Rings
 from .errors import OutputError
-from .georef import DECIMALS_LONLAT, DECIMALS_PIXEL, Georeferencer, global_lonlat
+from .georef import DECIMALS_LONLAT, DECIMALS_PIXEL, Georeferencer, global_lonlat, oriented
 
 FORMATS = {".geojson": "geojson", ".json": "geojson", ".geojsonl": "geojsonseq", ".geojsons": "geojsonseq",
            ".geojsonseq": "geojsonseq"}
@@ -61,22 +61,50 @@ def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
 
 
 def _features(dets: Detections, names: dict[int, str], geo: Georeferencer | None) -> Iterator[dict]:
+    """GeoJSON features; rings oriented as RFC 7946 asks (exteriors counter-clockwise, holes clockwise), in
+    pixel space too (read as x right, y up, as a GIS plots them)."""
     if geo is not None:
         coords = np.round(global_lonlat(dets, geo), DECIMALS_LONLAT)
     else:
-        coords = np.round(dets.coords, DECIMALS_PIXEL)
+        coords = np.round(oriented(dets, dets.coords), DECIMALS_PIXEL)
     bbox = np.round(dets.bounds(), DECIMALS_PIXEL).tolist()
     scores = np.round(dets.score.astype(np.float64), 5).tolist()
     classes = dets.class_id.tolist()
-    off = dets.offsets.tolist()
     flat = coords.tolist()
-    for k in range(len(dets)):
-        ring = flat[off[k]:off[k + 1]]
-        ring.append(ring[0])
-        yield {"type": "Feature",
-               "geometry": {"type": "Polygon", "coordinates": [ring]},
+    if dets.rings is None:
+        off = dets.offsets.tolist()
+        geometries = ({"type": "Polygon", "coordinates": [_closed(flat[off[k]:off[k + 1]])]}
+                      for k in range(len(dets)))
+    else:
+        geometries = _ring_geometries(flat, dets.rings)
+    for k, geometry in enumerate(geometries):
+        yield {"type": "Feature", "geometry": geometry,
                "properties": {"class_id": classes[k], "class_name": names.get(classes[k], str(classes[k])),
                               "score": scores[k], "bbox_px": bbox[k]}}
+
+
+def _closed(ring: list) -> list:
+    ring.append(ring[0])
+    return ring
+
+
+def _ring_geometries(flat: list, rings: Rings) -> Iterator[dict]:
+    """Polygon (exterior and holes) or MultiPolygon per detection, from the ring layout."""
+    voff = rings.vertex_offsets.tolist()
+    roff = rings.offsets.tolist()
+    shell = rings.shell.tolist()
+    for k in range(len(roff) - 1):
+        polygons: list[list] = []
+        for r in range(roff[k], roff[k + 1]):
+            ring = _closed(flat[voff[r]:voff[r + 1]])
+            if shell[r]:
+                polygons.append([ring])
+            else:
+                polygons[-1].append(ring)
+        if len(polygons) == 1:
+            yield {"type": "Polygon", "coordinates": polygons[0]}
+        else:
+            yield {"type": "MultiPolygon", "coordinates": polygons}
 
 
 def write_detections(path: str | os.PathLike, dets: Detections, names: dict[int, str],

@@ -57,7 +57,7 @@ def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = N
                     on_progress(done, n)
         bar.close()
         stats.windows_run = n - stats.windows_empty
-        result = finish(cfg, parts, source, predictor.names, predictor.task, stats)
+        result = finish(cfg, parts, source, window_plan.grid, predictor.names, predictor.task, stats)
         source.close()
     stats.add_time("total", time.perf_counter() - t_start)
     return result

@@ -244,7 +244,7 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
         if started:
             ray.shutdown()
     stats.windows_run = len(window_plan.window_ids) - stats.windows_empty
-    result = finish(cfg, parts, source, names, task, stats)
+    result = finish(cfg, parts, source, window_plan.grid, names, task, stats)
     stats.add_time("total", time.perf_counter() - t_start)
     return result
 

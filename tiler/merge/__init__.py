@@ -1,0 +1,32 @@
+"""Merge detections from overlapping windows in global pixel coordinates.
+
+Windows overlap, so an object near a window edge is seen two or more times, and an object larger than a
+window is seen in pieces. Two methods, picked by name (``MERGE_METHODS``):
+
+* ``"suppress"`` (`suppress.py`): greedy non-maximum suppression keeps the best detection of each cluster
+  of overlapping ones. Right for objects smaller than the overlap between windows.
+* ``"union"`` (`union.py`): groups the views of one object that different windows saw (linked by their
+  overlap inside the zone both windows cover, at most one detection per window and group) and returns
+  one geometry per group: a duplicate's best view, or the union of an object's fragments.
+
+Both work on the real geometries (boxes, rotated boxes, segmentation polygons as shapely objects), never
+on their bounding boxes, and share `overlaps.py`: STRtree candidate pairs, overlap metrics, geometry
+repair, and the numpy bounds that spare most pairs a GEOS intersection. Nothing builds an n x n matrix.
+
+Pure package: numpy and shapely >= 2 only.
+"""
+
+from __future__ import annotations
+
+from .overlaps import MATCH_METRICS, pair_overlaps
+from .suppress import SORTERS, nms, sort_order
+from .union import GEOMETRY_KINDS, group_leaders, merge_group_geometries, merge_group_scores, union_groups
+
+__all__ = [
+    "MERGE_METHODS", "MATCH_METRICS", "SORTERS", "GEOMETRY_KINDS",
+    "pair_overlaps", "sort_order", "nms",
+    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders",
+]
+
+MERGE_METHODS: tuple[str, ...] = ("suppress", "union")
+"""``"suppress"``: `nms`; ``"union"``: `union_groups` + `merge_group_geometries` + `merge_group_scores`."""

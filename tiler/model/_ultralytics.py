@@ -1,0 +1,126 @@
+"""Every use of Ultralytics internals, in one place, each guarded so an upgrade that changes them fails loudly.
+
+- torch threads: Ultralytics resets torch to cores - 1 threads on every device selection;
+- NMS time limit: lifted, so no patch of a busy batch silently loses its detections;
+- the predictor's own stages (letterbox, forward, NMS, scaling) called without `predict()`'s per-call source
+  handling, and without its warm-up;
+- for segmentation, the step after NMS is replaced so masks are made per object (see masks.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from ..errors import ModelError
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Use `threads` (default: all cores). Ultralytics resets torch to cores - 1 on every device
+    selection, which on small machines means 1 thread, so its constant is overridden too."""
+    import torch
+    from ultralytics.utils import torch_utils
+
+    n = threads or os.cpu_count() or 1
+    torch_utils.NUM_THREADS = n
+    torch.set_num_threads(n)
+    return n
+
+
+def disable_nms_time_limit() -> None:
+    """Make Ultralytics' NMS finish every image of a batch.
+
+    Its non_max_suppression stops after 2 s + 0.05 s per image and silently returns no detections for the
+    rest of the batch. Rotated-box NMS on a busy CPU exceeds that, which loses whole patches at random.
+    Tiler wants every patch, always, so the limit is lifted (idempotent; the predictors look the function
+    up on the module at call time)."""
+    from ultralytics.utils import nms
+
+    if getattr(nms.non_max_suppression, "_tiler_unlimited", False):
+        return
+    original = nms.non_max_suppression
+
+    @functools.wraps(original)
+    def non_max_suppression(*args, **kwargs):
+        kwargs["max_time_img"] = float("inf")
+        return original(*args, **kwargs)
+
+    non_max_suppression._tiler_unlimited = True
+    nms.non_max_suppression = non_max_suppression
+
+
+def setup_predictor(model, args: dict):
+    """The model's own Ultralytics predictor (task-specific letterbox, NMS and result scaling), set up once.
+
+    Its warm-up is skipped: on a CPU all it does is import torchvision (~1.6 s, as long as the whole
+    forward pass of a small job) so that axis-aligned NMS runs through torchvision.ops.nms; Ultralytics'
+    own NMS, used without it, keeps the same boxes (the tests compare with `YOLO.predict` output)."""
+    predict_defaults = {"batch": 1, "save": False, "mode": "predict", "rect": True, "embed": None}
+    ul = model._smart_load("predictor")(overrides={**model.overrides, **predict_defaults, **args},
+                                        _callbacks=model.callbacks)
+    ul.setup_model(model=model.model, verbose=False)
+    ul.done_warmup = True
+    model.predictor = ul
+    # one tiny public predict call sets the input size and source handling the documented way
+    model.predict([np.zeros((32, 32, 3), dtype=np.uint8)], **args)
+    if model.predictor is not ul:  # an Ultralytics upgrade stopped reusing a configured predictor
+        raise ModelError("Ultralytics replaced tiler's configured predictor; this version is unsupported")
+    return ul
+
+
+def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> list:
+    """Ultralytics' own letterbox, forward pass and postprocess (NMS, box scaling), without its `predict()`
+    wrapper: that rebuilds a data source per call and makes a BGR copy of every patch only to flip it back
+    (~7 % of predict time on a small model on a CPU). Results are identical to `YOLO.predict` (tested).
+
+    With `raw_segments`, a segmentation model's results are `SegmentOutput`s instead of Results: boxes
+    after NMS, scaled to the patch, with their mask coefficients and the image's prototypes, so masks can
+    be made per object instead of Ultralytics' full-image mask per object."""
+    import torch
+
+    images = list(patches)
+    with torch.inference_mode():
+        # letterboxing is colour-blind, so RGB patches go through it as they are
+        im = np.stack(ul.pre_transform(images))
+        x = torch.from_numpy(im).to(ul.device).permute(0, 3, 1, 2).contiguous()
+        x = (x.half() if ul.model.fp16 else x.float()).div_(255)
+        preds = ul.model(x)
+        # postprocess pairs each image with a path from the current batch: (paths, images, log strings)
+        ul.batch = ([""] * len(images), images, [""] * len(images))
+        if raw_segments:
+            # SegmentationPredictor.postprocess runs NMS, then construct_results(preds, img, orig_imgs, protos)
+            ul.construct_results = _segment_outputs
+            try:
+                results = ul.postprocess(preds, x, images)
+            finally:
+                del ul.construct_results
+        else:
+            results = ul.postprocess(preds, x, images)
+    if len(results) != len(patches):  # an Ultralytics upgrade changed the internals this relies on
+        raise ModelError(f"Ultralytics returned {len(results)} results for {len(patches)} patches")
+    return results
+
+
+class SegmentOutput:
+    """One image's detections after NMS: boxes in patch pixels, class, score, mask coefficients, prototypes."""
+
+    def __init__(self, boxes, cls, conf, coefs, protos, input_hw):
+        self.boxes, self.cls, self.conf, self.coefs, self.protos = boxes, cls, conf, coefs, protos
+        self.input_hw = input_hw
+
+
+def _segment_outputs(preds, img, orig_imgs, protos) -> list[SegmentOutput]:
+    from ultralytics.utils import ops
+
+    if len(preds) and preds[0].shape[1] != 6 + protos.shape[1]:
+        raise ModelError(f"unexpected segmentation output layout {tuple(preds[0].shape)}; "
+                         "this Ultralytics version is unsupported")
+    out = []
+    for pred, orig, proto in zip(preds, orig_imgs, protos):
+        boxes = ops.scale_boxes(img.shape[2:], pred[:, :4].clone(), orig.shape)
+        out.append(SegmentOutput(boxes.float().cpu().numpy().astype(np.float64), pred[:, 5].cpu().numpy(),
+                                 pred[:, 4].float().cpu().numpy(), pred[:, 6:].float().cpu().numpy(),
+                                 proto.float().cpu().numpy(), tuple(img.shape[2:])))
+    return out

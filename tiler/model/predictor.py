@@ -1,0 +1,122 @@
+"""Predictor: an Ultralytics model loaded once, predicting batches of patches into patch-local detections."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Never reach for the network: a model is a local file or an error.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+
+from ..detections import Detections, Masks  # noqa: E402
+from ..errors import ModelError  # noqa: E402
+from . import _ultralytics  # noqa: E402
+from .masks import TRAINING_DILATION, Letterbox, instance_masks  # noqa: E402
+
+TASKS = ("detect", "segment", "obb")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda:0' when CUDA is usable, else 'cpu' (a GPU actor on a GPU-less node still works)."""
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") or device.isdigit():
+        if not torch.cuda.is_available():
+            return "cpu"
+        return device if device.startswith("cuda") else f"cuda:{device}"
+    return device
+
+
+def load_model(path: str | os.PathLike):
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"model file not found: {path}")
+    if p.suffix.lower() != ".pt":
+        raise ModelError(f"model must be an Ultralytics PyTorch .pt file, got {path}")
+    from ultralytics import YOLO
+
+    try:
+        model = YOLO(str(p))
+        model.names  # noqa: B018  (forces the weights to load now, not at the first batch)
+    except Exception as exc:  # Ultralytics raises many types for a bad file; all mean "not a model"
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load model {path}: {msg}") from None
+    if model.task not in TASKS:
+        raise ModelError(f"model {path} is a {model.task!r} model; tiler supports {', '.join(TASKS)}")
+    return model
+
+
+class Predictor:
+    """Loads the model once; `predict(patches)` runs one batched forward pass.
+
+    Patches are RGB uint8 (h, w, 3) arrays, all of the same size. Results are patch-local detections whose
+    `window` field is the patch's position in the batch. Segmentation outlines are exact (see masks.py):
+    `simplify` is their tolerance in pixels, `largest_part` keeps one polygon per object, and `keep_masks`
+    attaches each object's bitmap (crop and offset) to the detections.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
+                 classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
+                 threads: int | None = None, half: bool = False, simplify: float = 0.0,
+                 largest_part: bool = False, keep_masks: bool = False):
+        self.model_path = os.fspath(model_path)
+        self.model = load_model(self.model_path)
+        self.task: str = self.model.task
+        self.names: dict[int, str] = dict(self.model.names)
+        if classes is not None:
+            unknown = [c for c in classes if c not in self.names]
+            if unknown:
+                raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
+        _ultralytics.disable_nms_time_limit()
+        self.device = resolve_device(device)
+        self.threads = _ultralytics.set_torch_threads(threads) if self.device == "cpu" else threads
+        self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,
+                         max_det=max_det, device=self.device, verbose=False)
+        if half and self.device != "cpu":
+            self.args["quantize"] = 16  # Ultralytics' successor to half=True
+        self.simplify, self.largest_part, self.keep_masks = simplify, largest_part, keep_masks
+        self._ul = _ultralytics.setup_predictor(self.model, self.args)
+
+    def predict(self, patches: list[np.ndarray]) -> Detections:
+        if not patches:
+            return Detections.empty()
+        segment = self.task == "segment"
+        results = _ultralytics.run_stages(self._ul, patches, raw_segments=segment)
+        extract = self._segments if segment else self._extract
+        return Detections.concat([extract(r, k) for k, r in enumerate(results)])
+
+    def _segments(self, out: _ultralytics.SegmentOutput, window: int) -> Detections:
+        if len(out.boxes) == 0:
+            return Detections.empty()
+        patch_hw = self._patch_hw
+        im = instance_masks(out.protos, out.coefs, out.boxes, patch_hw, Letterbox.between(patch_hw, out.input_hw),
+                            self.simplify, self.largest_part, inset=TRAINING_DILATION)
+        keep = im.keep.copy()
+        keep[keep] = ~np.asarray([g.is_empty for g in im.outlines], dtype=bool)
+        ok = keep[im.keep]
+        masks = Masks.from_crops([c for c, o in zip(im.crops, ok) if o], im.origins[ok]) if self.keep_masks else None
+        return Detections.from_geometries(im.outlines[ok], out.cls[keep], out.conf[keep], window, masks=masks)
+
+    @property
+    def _patch_hw(self) -> tuple[int, int]:
+        return self._ul.batch[1][0].shape[:2]
+
+    def _extract(self, result, window: int) -> Detections:
+        if self.task == "obb":
+            obb = result.obb
+            if obb is None or len(obb) == 0:
+                return Detections.empty()
+            return Detections.from_polygons(obb.xyxyxyxy.cpu().numpy().astype(np.float64),
+                                            obb.cls.cpu().numpy(), obb.conf.cpu().numpy(), window)
+        boxes = result.boxes
+        if boxes is None or len(boxes) == 0:
+            return Detections.empty()
+        x0, y0, x1, y1 = boxes.xyxy.cpu().numpy().astype(np.float64).T
+        corners = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
+                            np.stack([x0, y1], 1)], axis=1)
+        return Detections.from_polygons(corners, boxes.cls.cpu().numpy(), boxes.conf.cpu().numpy(), window)
