@@ -26,7 +26,8 @@ VEHICLES = {"large vehicle", "small vehicle"}
 LARGE_VEHICLE_ID = 9  # in the DOTA class names of the shared model (checked below)
 
 HELP_OPTIONS = ["--model", "--out", "--patch-size", "--overlap", "--conf", "--iou", "--imgsz", "--classes",
-                "--nms-threshold", "--match-metric", "--class-agnostic", "--bands", "--batch-size"]
+                "--nms-threshold", "--match-metric", "--class-agnostic", "--bands", "--batch-size", "--merge",
+                "--simplify", "--largest-part"]
 
 
 def run_cli(*args: str | os.PathLike, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -258,3 +259,30 @@ def test_classes_option_restricts_output(tmp_path, full_run):
     if full_out.exists():
         all_ids = {f["properties"]["class_id"] for f in read_geojson(full_out)["features"]}
         assert all_ids - {LARGE_VEHICLE_ID}, "the full run found only large vehicles; the check proves nothing"
+
+
+def test_segmentation_and_merge_flags_reach_the_job(tmp_path):
+    """--merge, --simplify and --largest-part on a segment model: a pixel-space scene, every feature a valid
+    single Polygon with at most the vertices the tolerance allows; a bad merge name is one line, exit 2."""
+    from tiler.synth import SceneSpec
+
+    import rasterio
+
+    spec = SceneSpec(640, 640, seed=12)
+    png = tmp_path / "scene.png"
+    with rasterio.open(png, "w", driver="PNG", width=640, height=640, count=3, dtype="uint8") as ds:
+        ds.write(spec.render(0, 0, 640, 640).transpose(2, 0, 1))
+    out = tmp_path / "seg.geojson"
+    model = REPO / "models" / "tiler-segment.pt"
+    proc = run_cli("predict", png, "--model", model, "--out", out, "--patch-size", "320", "--merge", "union",
+                   "--simplify", "1.0", "--largest-part", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    fc = read_geojson(out)
+    assert fc["coordinate_space"] == "pixel" and len(fc["features"]) > 10
+    for f in fc["features"]:
+        assert f["geometry"]["type"] == "Polygon"
+        assert shapely.geometry.shape(f["geometry"]).is_valid
+    assert np.mean([len(f["geometry"]["coordinates"][0]) for f in fc["features"]]) < 12
+    bad = run_cli("predict", png, "--model", model, "--out", tmp_path / "x.geojson", "--merge", "weld")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "merge" in bad.stderr
+    assert not (tmp_path / "x.geojson").exists()

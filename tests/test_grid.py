@@ -302,3 +302,11 @@ def test_select_all_or_nothing_and_validation():
         select_windows_with_data(grid, np.ones((5, 5), bool), 0, 1)
     with pytest.raises(ValueError, match="scale_y"):
         select_windows_with_data(grid, np.ones((5, 5), bool), 1, float("inf"))
+
+
+def test_clipped_bounds_stop_at_the_raster_edge():
+    g = plan_windows(500, 300, (640, 200), (0.25, 0.25))
+    b = g.clipped_bounds()
+    assert (b[:, 2] <= 500).all() and (b[:, 3] <= 300).all() and (b[:, :2] >= 0).all()
+    assert b[:, 3].max() == 300 and b[:, 2].max() == 500
+    np.testing.assert_array_equal(b[:, :2], g.bounds()[:, :2])

@@ -10,11 +10,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .merge import MATCH_METRICS, MERGE_METHODS, SORTERS
 
-MATCH_METRICS = ("ios", "iou")
-SORTERS = ("score", "intelligent")
 RUNNERS = ("auto", "local", "ray")
-MERGES = ("auto", "suppress", "union")
+MERGES = ("auto", *MERGE_METHODS)
 # merge method by task when merge="auto" (measured: bench/README.md, "Choosing the merge")
 AUTO_MERGE = {"detect": "suppress", "obb": "suppress", "segment": "union"}
 DEFAULT_SIMPLIFY = 0.25  # pixels: segmentation outlines (measured: bench/README.md, "Outline simplification")

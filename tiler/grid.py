@@ -64,6 +64,13 @@ class WindowGrid:
         size = np.array([self.patch_width, self.patch_height], dtype=np.int64)
         return np.concatenate([o, o + size], axis=1)
 
+    def clipped_bounds(self) -> np.ndarray:
+        """(n, 4) int64 like :meth:`bounds`, cut to the raster (a patch larger than the raster reads padding)."""
+        b = self.bounds()
+        np.minimum(b[:, 2], self.raster_width, out=b[:, 2])
+        np.minimum(b[:, 3], self.raster_height, out=b[:, 3])
+        return b
+
 
 def _positive_int(value: object, name: str) -> int:
     # bool is an Integral, but True as a size is surely a mistake.

@@ -106,10 +106,8 @@ def merge(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Dete
 
 
 def _union(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
-    boxes = grid.bounds()[dets.window].astype(np.float64)
-    boxes[:, 2] = np.minimum(boxes[:, 2], grid.raster_width)
-    boxes[:, 3] = np.minimum(boxes[:, 3], grid.raster_height)
     geoms = dets.geometries()
+    boxes = grid.clipped_bounds()[dets.window].astype(np.float64)
     order, offsets = union_groups(geoms, dets.score, dets.class_id, dets.window, boxes,
                                   threshold=cfg.nms_threshold, metric=cfg.match_metric,
                                   class_agnostic=cfg.class_agnostic, demote=dets.on_seam)

@@ -139,6 +139,16 @@ def metric_from_intersection(inter: np.ndarray, area_a: np.ndarray, area_b: np.n
     return value
 
 
+def _check_groups(groups, n: int) -> np.ndarray | None:
+    """One group label per geometry, or None."""
+    if groups is None:
+        return None
+    groups = np.asarray(groups).ravel()
+    if len(groups) != n:
+        raise ValueError(f"groups has length {len(groups)}, expected {n}")
+    return groups
+
+
 def pair_overlaps(
     geoms: np.ndarray,
     metric: str,
@@ -155,10 +165,7 @@ def pair_overlaps(
     """
     _check_metric(metric)
     geoms = _safe_geoms(_as_geom_array(geoms))
-    if groups is not None:
-        groups = np.asarray(groups).ravel()
-        if len(groups) != len(geoms):
-            raise ValueError(f"groups has length {len(groups)}, expected {len(geoms)}")
+    groups = _check_groups(groups, len(geoms))
     empty_i = np.empty(0, dtype=np.int64)
     if len(geoms) == 0:
         return empty_i, empty_i.copy(), np.empty(0, dtype=np.float64)
@@ -432,10 +439,7 @@ def pairs_above(
     _check_metric(metric)
     threshold = _check_threshold(threshold)
     geoms = _as_geom_array(geoms)
-    if groups is not None:
-        groups = np.asarray(groups).ravel()
-        if len(groups) != len(geoms):
-            raise ValueError(f"groups has length {len(groups)}, expected {len(geoms)}")
+    groups = _check_groups(groups, len(geoms))
     empty = np.empty(0, dtype=np.int64)
     if len(geoms) == 0:
         return empty, empty.copy()
