@@ -147,3 +147,11 @@ def test_mask_logits_match_torch_interpolate_off_grid():
     ours = mask_logits(protos, coef, xs, ys, SQUARE)
     inside = np.ix_((ys >= 0) & (ys < 320), (xs >= 0) & (xs < 320))
     np.testing.assert_allclose(ours[inside], full[300:320, 0:40], atol=1e-4)
+
+
+def test_training_dilation_follows_the_mask_ratio_the_model_was_trained_with():
+    from tiler.model.masks import training_dilation
+
+    assert training_dilation(1) == 0.5  # fillPoly on truncated vertices only
+    assert training_dilation(2) == training_dilation(4) == 1.0  # plus cv2.resize rounding half-covered pixels up
+    assert training_dilation(None) == 1.0  # Ultralytics' default mask_ratio is 4

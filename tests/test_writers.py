@@ -271,3 +271,19 @@ def test_holes_and_parts_are_written_valid_and_rfc7946_oriented(tmp_path, georef
         back = shapely.transform(back, to_pixels)
     for a, b in zip(back, geoms):  # 7 decimals of a degree are ~1 cm: 0.02 px here
         assert shapely.area(shapely.symmetric_difference(a, b)) < 0.03 * b.length
+
+
+def test_a_geometry_broken_by_rounding_is_written_valid(tmp_path):
+    """Two parts 0.0002 px apart touch once rounded to 3 decimals: the writer snaps the exact geometry to the
+    output grid instead of writing an invalid MultiPolygon."""
+    import shapely
+
+    near = shapely.MultiPolygon([shapely.box(0, 0, 1, 1), shapely.box(1.0002, 0, 2, 1)])
+    dets = Detections.from_geometries(np.array([near, shapely.box(5, 5, 6, 6)], dtype=object), [0, 1], [0.9, 0.8], 0)
+    out = tmp_path / "near.geojson"
+    write_detections(out, dets, NAMES, None)
+    feats = json.loads(out.read_text())["features"]
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in feats]
+    assert all(g.is_valid and not g.is_empty for g in geoms)
+    assert geoms[0].area == pytest.approx(2.0, abs=1e-3) and geoms[1].equals(shapely.box(5, 5, 6, 6))
+    assert all(p.exterior.is_ccw for g in geoms for p in getattr(g, "geoms", [g]))

@@ -90,11 +90,11 @@ def infer_patches(predictor: Predictor, cfg: JobConfig, raster_size: tuple[int, 
 def merge(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
     """Global merge on the real geometries; detections cut by inner window edges rank last.
 
-    suppress: greedy NMS keeps the best of overlapping detections. union: first the fragments of one object
-    that different windows saw (they overlap inside the windows' shared zone) become one detection whose
-    geometry is their union (a box's envelope, a rotated box's minimum rotated rectangle) and whose score is
-    the best; then the same NMS as suppress removes what remains doubled (two detections of one object in one
-    window, which union never joins)."""
+    suppress: greedy NMS keeps the best of overlapping detections. union: first the pieces of one object (the
+    overlapping parts one window saw, then the fragments different windows saw, which overlap inside the
+    windows' shared zone) become one detection whose geometry is their union (a box's envelope, a rotated box's
+    minimum rotated rectangle) and whose score is the best; then the same NMS as suppress removes what remains
+    doubled."""
     if not len(dets):
         return dets
     if cfg.merge_method(task) == "union":
@@ -106,23 +106,41 @@ def merge(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Dete
 
 
 def _union(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
+    """Join the pieces of one object: first those one window saw as several overlapping parts (a model shown
+    a patch of a large roof often outputs a few overlapping instances of it), then the fragments that
+    different windows saw. The second pass never joins two detections of one window, so objects a window
+    saw apart stay apart."""
+    kind = {"detect": "box", "obb": "rotated"}.get(task, "polygon")
+    boxes = grid.clipped_bounds()
+    n_classes = 1 if cfg.class_agnostic else int(dets.class_id.max()) + 1
+    within = dets.window * n_classes + (0 if cfg.class_agnostic else dets.class_id)
+    dets = _join(cfg, dets, kind, boxes, groups=within, windows=np.arange(len(dets)), still_cut=True)
+    return _join(cfg, dets, kind, boxes, groups=dets.class_id, windows=dets.window, still_cut=False)
+
+
+def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups: np.ndarray, windows: np.ndarray,
+          still_cut: bool) -> Detections:
+    """One union pass: detections of the same `groups` label, never two of one `windows` label, linked by
+    their overlap inside their windows' shared zone. A joined detection stays flagged as cut (`on_seam`) if
+    `still_cut` and any part was; else only unjoined ones keep their flag."""
     geoms = dets.geometries()
-    boxes = grid.clipped_bounds()[dets.window].astype(np.float64)
-    order, offsets = union_groups(geoms, dets.score, dets.class_id, dets.window, boxes,
-                                  threshold=cfg.nms_threshold, metric=cfg.match_metric,
-                                  class_agnostic=cfg.class_agnostic, demote=dets.on_seam)
+    order, offsets = union_groups(geoms, dets.score, groups, windows, boxes[dets.window].astype(np.float64),
+                                  threshold=cfg.nms_threshold, metric=cfg.match_metric, class_agnostic=False,
+                                  demote=dets.on_seam)
     sizes = np.diff(offsets)
     if (sizes == 1).all():
         return dets
     best = order[offsets[:-1]]
-    kind = {"detect": "box", "obb": "rotated"}.get(task, "polygon")
     merged_geoms = merge_group_geometries(geoms, order, offsets, kind=kind, threshold=cfg.nms_threshold,
                                           metric=cfg.match_metric, demote=dets.on_seam)
-    scores = merge_group_scores(dets.score, order, offsets)
+    if still_cut:
+        on_seam = np.maximum.reduceat(dets.on_seam[order].astype(np.int8), offsets[:-1]).astype(bool)
+    else:
+        on_seam = dets.on_seam[best] & (sizes == 1)
     masks = None if dets.masks is None else dets.masks.union_groups(order, offsets)
-    # a joined object is no longer a cut-off view: it ranks with whole views in the NMS that follows
-    return Detections.from_geometries(merged_geoms, dets.class_id[best], scores, dets.window[best],
-                                      on_seam=dets.on_seam[best] & (sizes == 1), masks=masks)
+    scores = merge_group_scores(dets.score, order, offsets)
+    return Detections.from_geometries(merged_geoms, dets.class_id[best], scores,
+                                      dets.window[best], on_seam=on_seam, masks=masks)
 
 
 def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window_grid: WindowGrid,

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 import numpy as np
+import shapely
 
-from .detections import Detections, Rings
+from .detections import Detections, Rings, ragged_take
 from .errors import OutputError
+from .geometry import polygonal_parts
 from .georef import DECIMALS_LONLAT, DECIMALS_PIXEL, Georeferencer, global_lonlat, oriented
 
 FORMATS = {".geojson": "geojson", ".json": "geojson", ".geojsonl": "geojsonseq", ".geojsons": "geojsonseq",
@@ -63,10 +65,10 @@ def atomic_text(path: str | os.PathLike) -> Iterator[TextIO]:
 def _features(dets: Detections, names: dict[int, str], geo: Georeferencer | None) -> Iterator[dict]:
     """GeoJSON features; rings oriented as RFC 7946 asks (exteriors counter-clockwise, holes clockwise), in
     pixel space too (read as x right, y up, as a GIS plots them)."""
-    if geo is not None:
-        coords = np.round(global_lonlat(dets, geo), DECIMALS_LONLAT)
-    else:
-        coords = np.round(oriented(dets, dets.coords), DECIMALS_PIXEL)
+    exact = global_lonlat(dets, geo) if geo is not None else oriented(dets, dets.coords)
+    decimals = DECIMALS_LONLAT if geo is not None else DECIMALS_PIXEL
+    coords = np.round(exact, decimals)
+    repaired = _repaired_after_rounding(dets, exact, coords, decimals)
     bbox = np.round(dets.bounds(), DECIMALS_PIXEL).tolist()
     scores = np.round(dets.score.astype(np.float64), 5).tolist()
     classes = dets.class_id.tolist()
@@ -78,9 +80,27 @@ def _features(dets: Detections, names: dict[int, str], geo: Georeferencer | None
     else:
         geometries = _ring_geometries(flat, dets.rings)
     for k, geometry in enumerate(geometries):
-        yield {"type": "Feature", "geometry": geometry,
+        yield {"type": "Feature", "geometry": repaired.get(k, geometry),
                "properties": {"class_id": classes[k], "class_name": names.get(classes[k], str(classes[k])),
                               "score": scores[k], "bbox_px": bbox[k]}}
+
+
+def _repaired_after_rounding(dets: Detections, exact: np.ndarray, rounded: np.ndarray, decimals: int
+                             ) -> dict[int, dict]:
+    """Rounding to the output precision can break a valid geometry (two parts of an outline a hundredth of a
+    pixel apart come to touch along an edge). Those few are written from the exact geometry snapped to the
+    output grid by GEOS, which keeps them valid and polygonal, with RFC 7946 ring orientation."""
+    if not len(dets):
+        return {}
+    finite = np.logical_and.reduceat(np.isfinite(rounded).all(axis=1), dets.offsets[:-1])
+    # (non-finite coordinates are not repaired: json refuses them, so the write fails and leaves no file)
+    bad = np.flatnonzero(~shapely.is_valid(dets.with_coords(rounded).geometries()) & finite)
+    if not len(bad):
+        return {}
+    snapped = shapely.set_precision(dets.take(bad).with_coords(exact[ragged_take(dets.offsets, bad)[0]])
+                                    .geometries(), 10.0 ** -decimals)
+    fixed = shapely.orient_polygons(polygonal_parts(snapped))
+    return {int(k): shapely.geometry.mapping(g) for k, g in zip(bad, fixed) if g.is_valid and not g.is_empty}
 
 
 def _closed(ring: list) -> list:

@@ -23,11 +23,20 @@ import contourpy
 import numpy as np
 import shapely
 
-# Ultralytics trains masks from labels rasterised by cv2.fillPoly on vertices truncated to whole pixels, boundary
-# included (ultralytics.data.utils.polygon2mask): every training mask is half a model-input pixel too wide all
-# round, so every model learns masks that much too large. Outlines are moved inward by this much to undo it
-# (measured on the project's model: bench/README.md, "Segmentation outlines").
-TRAINING_DILATION = 0.5
+from ..geometry import polygonal_parts
+
+def training_dilation(mask_ratio: int | None) -> float:
+    """How much too wide (in model-input pixels, all round) an Ultralytics-trained model's masks are.
+
+    Ultralytics rasterises each training polygon with cv2.fillPoly on vertices truncated to whole pixels,
+    boundary included (ultralytics.data.utils.polygon2mask): half a pixel too wide on average. With
+    mask_ratio > 1 (default 4) that mask is then shrunk by cv2.resize, whose bilinear sample between two pixels
+    rounds a half-covered pixel up: another half input pixel. Models learn the masks they are shown, so their
+    0.5 iso-lines lie this far outside the objects; outlines are moved inward by as much (measured on the
+    project's model, mask_ratio 2: best median IoU at 1.0 px, bench/README.md "Segmentation outlines")."""
+    return 0.5 + (0.5 if (mask_ratio or 4) > 1 else 0.0)
+
+
 MARGIN = 2  # pixels sampled beyond the box, so the iso-line crossing the box edge is found, then cut exactly
 _CLOSED = -100.0  # logit written on the outermost sampled ring so every contour closes
 
@@ -109,7 +118,7 @@ def instance_masks(protos: np.ndarray, coefs: np.ndarray, boxes: np.ndarray, pat
                    inset: float = 0.0) -> InstanceMasks:
     """Bitmaps and outlines for objects with mask coefficients `coefs` (n, c) and boxes (n, 4) x0 y0 x1 y1 in
     patch pixels, from one image's prototypes (c, mh, mw). `inset` moves outlines inward by that many model-input
-    pixels (TRAINING_DILATION undoes Ultralytics' training bias); bitmaps stay as Ultralytics makes them."""
+    pixels (`training_dilation` undoes Ultralytics' training bias); bitmaps stay as Ultralytics makes them."""
     ph, pw = patch_hw
     n = len(boxes)
     keep = np.zeros(n, dtype=bool)
@@ -157,26 +166,6 @@ def instance_masks(protos: np.ndarray, coefs: np.ndarray, boxes: np.ndarray, pat
     return InstanceMasks(keep, crops, np.array(origins, dtype=np.int64), geoms)
 
 
-def polygonal(geoms: np.ndarray) -> np.ndarray:
-    """Keep only the polygonal parts of each geometry (as Polygon or MultiPolygon); empty where none."""
-    parts, owner = shapely.get_parts(geoms, return_index=True)
-    ok = shapely.get_type_id(parts) == shapely.GeometryType.POLYGON
-    ok &= ~shapely.is_empty(parts)
-    out = np.full(len(geoms), shapely.Polygon(), dtype=object)
-    if not ok.any():
-        return out
-    parts, owner = parts[ok], owner[ok]
-    counts = np.bincount(owner, minlength=len(geoms))
-    single = counts == 1
-    first = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    out[single] = parts[first[single]]
-    multi = counts > 1
-    if multi.any():
-        sel = multi[owner]
-        out[multi] = shapely.multipolygons(parts[sel], indices=np.unique(owner[sel], return_inverse=True)[1])
-    return out
-
-
 def largest_parts(geoms: np.ndarray) -> np.ndarray:
     """Each geometry's largest polygon."""
     parts, owner = shapely.get_parts(geoms, return_index=True)
@@ -195,14 +184,14 @@ def clean_outlines(geoms: np.ndarray, simplify: float = 0.0, largest_part: bool 
     single saddle point; those few are repaired with make_valid, keeping only polygonal parts (never a line
     or a GeometryCollection). Simplification keeps topology, and falls back to the unsimplified outline
     in the rare case where it would still break validity."""
-    geoms = polygonal(geoms)
+    geoms = polygonal_parts(geoms)
     bad = ~shapely.is_valid(geoms)
     if bad.any():
-        geoms[bad] = polygonal(shapely.make_valid(geoms[bad]))
+        geoms[bad] = polygonal_parts(shapely.make_valid(geoms[bad]))
     if simplify > 0:
         simple = shapely.simplify(geoms, simplify, preserve_topology=True)
         ok = shapely.is_valid(simple) & ~shapely.is_empty(simple)
-        geoms = np.where(ok, polygonal(simple), geoms)
+        geoms = np.where(ok, polygonal_parts(simple), geoms)
     if largest_part:
         geoms = largest_parts(geoms)
     return geoms

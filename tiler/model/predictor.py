@@ -14,7 +14,7 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 from ..detections import Detections, Masks  # noqa: E402
 from ..errors import ModelError  # noqa: E402
 from . import _ultralytics  # noqa: E402
-from .masks import TRAINING_DILATION, Letterbox, instance_masks  # noqa: E402
+from .masks import Letterbox, instance_masks, training_dilation  # noqa: E402
 
 TASKS = ("detect", "segment", "obb")
 
@@ -80,6 +80,9 @@ class Predictor:
         if half and self.device != "cpu":
             self.args["quantize"] = 16  # Ultralytics' successor to half=True
         self.simplify, self.largest_part, self.keep_masks = simplify, largest_part, keep_masks
+        # the half-pixel biases its training labels taught the model, read from its own training arguments
+        train_args = (self.model.ckpt or {}).get("train_args", {}) if isinstance(self.model.ckpt, dict) else {}
+        self.mask_inset = training_dilation(train_args.get("mask_ratio")) if self.task == "segment" else 0.0
         self._ul = _ultralytics.setup_predictor(self.model, self.args)
 
     def predict(self, patches: list[np.ndarray]) -> Detections:
@@ -95,7 +98,7 @@ class Predictor:
             return Detections.empty()
         patch_hw = self._patch_hw
         im = instance_masks(out.protos, out.coefs, out.boxes, patch_hw, Letterbox.between(patch_hw, out.input_hw),
-                            self.simplify, self.largest_part, inset=TRAINING_DILATION)
+                            self.simplify, self.largest_part, inset=self.mask_inset)
         keep = im.keep.copy()
         keep[keep] = ~np.asarray([g.is_empty for g in im.outlines], dtype=bool)
         ok = keep[im.keep]

@@ -1,0 +1,31 @@
+"""Geometry helpers shared by the stages that make, merge and write geometries (numpy and shapely only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+
+
+def polygonal_parts(geoms: np.ndarray) -> np.ndarray:
+    """Each geometry reduced to its polygonal part: Polygons and MultiPolygons as they are, the
+    polygons of a GeometryCollection gathered (a repair can leave lines and points beside them, which
+    GEOS overlay rejects as mixed-dimension input), anything else an empty Polygon. Missing stays None."""
+    geoms = np.asarray(geoms, dtype=object)
+    kind = shapely.get_type_id(geoms)
+    odd = np.flatnonzero((kind >= 0) & (kind != 3) & (kind != 6))
+    if len(odd) == 0:
+        return geoms
+    parts, owner = shapely.get_parts(geoms[odd], return_index=True)
+    parts, sub = shapely.get_parts(parts, return_index=True)  # a collection may hold MultiPolygons
+    owner = owner[sub]
+    keep = (shapely.get_type_id(parts) == 3) & ~shapely.is_empty(parts)
+    fixed = np.empty(len(odd), dtype=object)
+    fixed[:] = shapely.Polygon()
+    if keep.any():
+        polys = shapely.multipolygons(parts[keep], indices=owner[keep])  # one per owner up to the last
+        fixed[: len(polys)] = polys
+        single = np.flatnonzero(shapely.get_num_geometries(fixed) == 1)
+        fixed[single] = shapely.get_geometry(fixed[single], 0)
+    out = geoms.copy()
+    out[odd] = fixed
+    return out
