@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import shapely
 
 # Never reach for the network: a model is a local file or an error.
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -90,24 +91,23 @@ class Predictor:
             return Detections.empty()
         segment = self.task == "segment"
         results = _ultralytics.run_stages(self._ul, patches, raw_segments=segment)
-        extract = self._segments if segment else self._extract
-        return Detections.concat([extract(r, k) for k, r in enumerate(results)])
+        if segment:
+            patch_hw = patches[0].shape[:2]
+            return Detections.concat([self._segments(r, k, patch_hw) for k, r in enumerate(results)])
+        return Detections.concat([self._extract(r, k) for k, r in enumerate(results)])
 
-    def _segments(self, out: _ultralytics.SegmentOutput, window: int) -> Detections:
+    def _segments(self, out: _ultralytics.SegmentOutput, window: int, patch_hw: tuple[int, int]) -> Detections:
         if len(out.boxes) == 0:
             return Detections.empty()
-        patch_hw = self._patch_hw
         im = instance_masks(out.protos, out.coefs, out.boxes, patch_hw, Letterbox.between(patch_hw, out.input_hw),
                             self.simplify, self.largest_part, inset=self.mask_inset)
+        ok = ~shapely.is_empty(im.outlines)  # an outline can vanish where the mask is a sliver at the box edge
         keep = im.keep.copy()
-        keep[keep] = ~np.asarray([g.is_empty for g in im.outlines], dtype=bool)
-        ok = keep[im.keep]
-        masks = Masks.from_crops([c for c, o in zip(im.crops, ok) if o], im.origins[ok]) if self.keep_masks else None
+        keep[keep] = ok
+        masks = None
+        if self.keep_masks:
+            masks = Masks.from_crops([c for c, o in zip(im.crops, ok) if o], im.origins[ok])
         return Detections.from_geometries(im.outlines[ok], out.cls[keep], out.conf[keep], window, masks=masks)
-
-    @property
-    def _patch_hw(self) -> tuple[int, int]:
-        return self._ul.batch[1][0].shape[:2]
 
     def _extract(self, result, window: int) -> Detections:
         if self.task == "obb":
