@@ -731,3 +731,27 @@ def test_star_screen_never_passes_an_invalid_ring(pts, scale):
     _, simple = support_numbers(np.array([poly], dtype=object), simple=True)
     if simple[0]:
         assert poly.is_valid
+
+
+def test_pipeline_union_joins_fragments_across_classes_only_when_class_agnostic():
+    """The job's merge: a 400 px building cut by two 320 px windows (overlap 80 px), its two fragments
+    labelled with different classes, is one object only with class_agnostic."""
+    import shapely as _shapely
+
+    from tiler.config import JobConfig
+    from tiler.detections import Detections
+    from tiler.grid import plan_windows
+    from tiler.pipeline import merge
+
+    grid = plan_windows(560, 320, (320, 320), (0.25, 0.25))
+    assert grid.n_cols == 2 and grid.n_rows == 1
+    building = _shapely.box(100, 50, 500, 250)
+    frags = [building.intersection(_shapely.box(*b)) for b in grid.clipped_bounds()]
+    dets = Detections.from_geometries(np.array(frags, dtype=object), [1, 2], [0.9, 0.8], window=[0, 1],
+                                      on_seam=[True, True])
+    for agnostic, expect in ((False, 2), (True, 1)):
+        cfg = JobConfig(source="x.tif", model="m.pt", merge="union", class_agnostic=agnostic)
+        out = merge(cfg, dets, "segment", grid)
+        assert len(out) == expect
+        if expect == 1:
+            assert out.geometries()[0].equals(building) and out.class_id[0] == 1

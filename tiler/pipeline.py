@@ -115,7 +115,8 @@ def _union(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Det
     n_classes = 1 if cfg.class_agnostic else int(dets.class_id.max()) + 1
     within = dets.window * n_classes + (0 if cfg.class_agnostic else dets.class_id)
     dets = _join(cfg, dets, kind, boxes, groups=within, windows=np.arange(len(dets)), still_cut=True)
-    return _join(cfg, dets, kind, boxes, groups=dets.class_id, windows=dets.window, still_cut=False)
+    classes = np.zeros(len(dets), np.int32) if cfg.class_agnostic else dets.class_id
+    return _join(cfg, dets, kind, boxes, groups=classes, windows=dets.window, still_cut=False)
 
 
 def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups: np.ndarray, windows: np.ndarray,
