@@ -226,13 +226,6 @@ class Detections:
         return Detections(self.class_id, self.score, coords, self.offsets, self.window, self.on_seam, self.rings,
                           self.masks)
 
-    def without_masks(self) -> "Detections":
-        return self if self.masks is None else self.with_masks(None)
-
-    def with_masks(self, masks: Masks | None) -> "Detections":
-        return Detections(self.class_id, self.score, self.coords, self.offsets, self.window, self.on_seam,
-                          self.rings, masks)
-
     @classmethod
     def concat(cls, parts: list["Detections"]) -> "Detections":
         parts = [p for p in parts if len(p)]

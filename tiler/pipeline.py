@@ -14,7 +14,7 @@ import numpy as np
 from .config import JobConfig
 from .detections import Detections, to_global
 from .grid import WindowGrid, plan_windows, select_windows_with_data
-from .merge import merge_group_geometries, merge_group_scores, nms, union_groups
+from .merge import group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
 from .model import Predictor
 from .raster import RasterSource, gdal_env
 from .result import JobResult, JobStats
@@ -131,7 +131,7 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
     sizes = np.diff(offsets)
     if (sizes == 1).all():
         return dets
-    best = order[offsets[:-1]]
+    best = group_leaders(order, offsets)
     merged_geoms = merge_group_geometries(geoms, order, offsets, kind=kind, threshold=cfg.nms_threshold,
                                           metric=cfg.match_metric, demote=dets.on_seam)
     if still_cut:

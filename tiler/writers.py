@@ -16,7 +16,7 @@ from typing import Iterator, TextIO
 import numpy as np
 import shapely
 
-from .detections import Detections, Rings, ragged_take
+from .detections import Detections, Rings
 from .errors import OutputError
 from .geometry import polygonal_parts
 from .georef import DECIMALS_LONLAT, DECIMALS_PIXEL, Georeferencer, global_lonlat, oriented
@@ -97,8 +97,7 @@ def _repaired_after_rounding(dets: Detections, exact: np.ndarray, rounded: np.nd
     bad = np.flatnonzero(~shapely.is_valid(dets.with_coords(rounded).geometries()) & finite)
     if not len(bad):
         return {}
-    snapped = shapely.set_precision(dets.take(bad).with_coords(exact[ragged_take(dets.offsets, bad)[0]])
-                                    .geometries(), 10.0 ** -decimals)
+    snapped = shapely.set_precision(dets.with_coords(exact).take(bad).geometries(), 10.0 ** -decimals)
     fixed = shapely.orient_polygons(polygonal_parts(snapped))
     return {int(k): shapely.geometry.mapping(g) for k, g in zip(bad, fixed) if g.is_valid and not g.is_empty}
 
