@@ -751,7 +751,7 @@ def test_pipeline_union_joins_fragments_across_classes_only_when_class_agnostic(
                                       on_seam=[True, True])
     for agnostic, expect in ((False, 2), (True, 1)):
         cfg = JobConfig(source="x.tif", model="m.pt", merge="union", class_agnostic=agnostic)
-        out = merge(cfg, dets, "segment", grid)
+        out = merge(cfg, dets, "segment", grid.clipped_bounds())
         assert len(out) == expect
         if expect == 1:
             assert out.geometries()[0].equals(building) and out.class_id[0] == 1

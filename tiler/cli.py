@@ -1,4 +1,4 @@
-"""Command line: `tiler predict …` and `tiler synth …`."""
+"""Command line: `tiler predict …`, `tiler synth …` and `tiler quicklook …`."""
 
 from __future__ import annotations
 
@@ -87,11 +87,28 @@ def _synth_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _quicklook_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("quicklook", help="draw a result's outlines over the decimated raster, as a PNG",
+                       description="Read RASTER decimated (from its overviews when it has them, never whole at full "
+                                   "resolution), draw the outline of every feature of FEATURES in its class colour, "
+                                   "and write a PNG.")
+    p.add_argument("features", help="tiler output: .geojson or .geojsonl, lon/lat or pixel coordinates")
+    p.add_argument("--raster", required=True, help="the raster the features were detected on (path or GDAL URI)")
+    p.add_argument("--out", required=True, help="output .png")
+    p.add_argument("--max-size", type=int, default=4096, metavar="N",
+                   help="longest side of the PNG in pixels (default 4096; a window is never upscaled)")
+    p.add_argument("--window", metavar="X0,Y0,X1,Y1",
+                   help="only this part of the raster, in full-resolution pixels (x1, y1 exclusive)")
+    p.add_argument("--bands", metavar="B,B,B", help="1-based bands to show as RGB (default 1,2,3)")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tiler", description="Tiled Ultralytics inference over large rasters.")
     sub = parser.add_subparsers(dest="command", required=True)
     _predict_parser(sub)
     _synth_parser(sub)
+    _quicklook_parser(sub)
     return parser
 
 
@@ -151,14 +168,25 @@ def _run_synth(args) -> int:
     return 0
 
 
+def _run_quicklook(args) -> int:
+    from .config import parse_int_list
+    from .quicklook import write_quicklook
+
+    bands = parse_int_list(args.bands, "bands")
+    path = write_quicklook(args.out, args.raster, args.features, args.max_size, args.window, bands)
+    print(f"tiler: wrote quicklook {path}")
+    return 0
+
+
+_COMMANDS = {"predict": _run_predict, "synth": _run_synth, "quicklook": _run_quicklook}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="rasterio")
     try:
-        if args.command == "predict":
-            return _run_predict(args)
-        return _run_synth(args)
+        return _COMMANDS[args.command](args)
     except TilerError as exc:
         print(f"tiler: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -135,6 +135,7 @@ class JobConfig:
     match_metric: str = "ios"
     class_agnostic: bool = False
     sorter: str = "score"
+    sorter_bins: int = 10  # confidence bins of the intelligent sorter
     merge: str = "auto"  # suppress (greedy NMS) | union (join fragments of one object) | auto: by task
     # segmentation outlines
     simplify: float = DEFAULT_SIMPLIFY  # tolerance in pixels; 0 keeps every marching-squares vertex
@@ -179,7 +180,7 @@ class JobConfig:
             if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, Integral) or self.imgsz < 32:
                 raise ConfigError(f"imgsz must be an integer >= 32, got {self.imgsz!r}")
             set_("imgsz", int(self.imgsz))
-        for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1)):
+        for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1), ("sorter_bins", 1)):
             v = getattr(self, name)
             if v is None and name in ("batch_size", "gdal_cache_mb"):
                 continue

@@ -136,6 +136,9 @@ class Detections:
     on_seam: np.ndarray | None = None  # (n,) bool: touches an inner window edge, so may be cut off
     rings: Rings | None = None  # None: every detection is one simple ring
     masks: Masks | None = None  # per-object bitmaps (segmentation models, when asked for)
+    # (n, 4) float64 [x0, y0, x1, y1]: the model's own box where the geometry is not that box (segmentation:
+    # the outline lies inside it); None when the geometry is the box (detect) or its rotated form (obb)
+    boxes: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.on_seam is None:
@@ -169,8 +172,8 @@ class Detections:
 
     @classmethod
     def from_geometries(cls, geoms: np.ndarray, class_id, score, window, on_seam=None,
-                        masks: Masks | None = None) -> "Detections":
-        """From shapely Polygons / MultiPolygons (non-empty), keeping holes and parts."""
+                        masks: Masks | None = None, boxes: np.ndarray | None = None) -> "Detections":
+        """From shapely Polygons / MultiPolygons (non-empty), keeping holes and parts; `boxes` as the field."""
         geoms = np.asarray(geoms, dtype=object)
         n = len(geoms)
         class_id = np.asarray(class_id, dtype=np.int32).ravel()
@@ -200,7 +203,8 @@ class Detections:
         offsets = rings.vertex_offsets[det_rings]
         simple = bool((np.diff(det_rings) == 1).all())
         return cls(class_id, score, coords, offsets, window,
-                   None if on_seam is None else np.asarray(on_seam, bool), None if simple else rings, masks)
+                   None if on_seam is None else np.asarray(on_seam, bool), None if simple else rings, masks,
+                   None if boxes is None else np.asarray(boxes, np.float64).reshape(n, 4))
 
     @property
     def counts(self) -> np.ndarray:
@@ -219,10 +223,11 @@ class Detections:
         vert, new_offsets = ragged_take(self.offsets, idx)
         return Detections(self.class_id[idx], self.score[idx], self.coords[vert], new_offsets, self.window[idx],
                           self.on_seam[idx], None if self.rings is None else self.rings.take(idx),
-                          None if self.masks is None else self.masks.take(idx))
+                          None if self.masks is None else self.masks.take(idx),
+                          None if self.boxes is None else self.boxes[idx])
 
     def with_coords(self, coords: np.ndarray) -> "Detections":
-        """The same detections with every vertex replaced (e.g. by its lon/lat)."""
+        """The same detections with every vertex replaced (e.g. by its lon/lat); pixel boxes are dropped."""
         return Detections(self.class_id, self.score, coords, self.offsets, self.window, self.on_seam, self.rings,
                           self.masks)
 
@@ -238,10 +243,13 @@ class Detections:
         masks = None
         if all(p.masks is not None for p in parts):
             masks = Masks.concat([p.masks for p in parts])
+        boxes = None
+        if all(p.boxes is not None for p in parts):
+            boxes = np.concatenate([p.boxes for p in parts])
         return cls(np.concatenate([p.class_id for p in parts]), np.concatenate([p.score for p in parts]),
                    np.concatenate([p.coords for p in parts]), _offsets(counts),
                    np.concatenate([p.window for p in parts]), np.concatenate([p.on_seam for p in parts]),
-                   rings, masks)
+                   rings, masks, boxes)
 
     def geometries(self) -> np.ndarray:
         """Shapely geometries, one per detection (Polygon, or MultiPolygon for several parts), vectorised."""
@@ -277,6 +285,10 @@ class Detections:
         hi = np.maximum.reduceat(self.coords, starts, axis=0)
         return np.hstack([lo, hi])
 
+    def box_bounds(self) -> np.ndarray:
+        """(n, 4) the model's box per detection: `boxes` where kept (segmentation), else the geometry's bounds."""
+        return self.boxes if self.boxes is not None else self.bounds()
+
     def sort_key(self) -> np.ndarray:
         """A total order independent of how detections were produced (for comparing runs)."""
         b = self.bounds()
@@ -297,8 +309,9 @@ def to_global(dets: Detections, origins: np.ndarray, window_ids: np.ndarray, pat
     org = np.asarray(origins, dtype=np.float64)[dets.window]
     coords = dets.coords + np.repeat(org, dets.counts, axis=0)
     masks = None if dets.masks is None else dets.masks.shifted(org)
+    boxes = None if dets.boxes is None else dets.boxes + np.tile(org, 2)
     out = Detections(dets.class_id, dets.score, coords, dets.offsets,
-                     np.asarray(window_ids, dtype=np.int64)[dets.window], rings=dets.rings, masks=masks)
+                     np.asarray(window_ids, dtype=np.int64)[dets.window], rings=dets.rings, masks=masks, boxes=boxes)
     b = out.bounds()
     pw, ph = patch_size
     w, h = raster_size

@@ -87,50 +87,61 @@ def infer_patches(predictor: Predictor, cfg: JobConfig, raster_size: tuple[int, 
     return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], cfg.patch_size, raster_size)
 
 
-def merge(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
+def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray) -> Detections:
     """Global merge on the real geometries; detections cut by inner window edges rank last.
 
     suppress: greedy NMS keeps the best of overlapping detections. union: first the pieces of one object (the
     overlapping parts one window saw, then the fragments different windows saw, which overlap inside the
     windows' shared zone) become one detection whose geometry is their union (a box's envelope, a rotated box's
     minimum rotated rectangle) and whose score is the best; then the same NMS as suppress removes what remains
-    doubled."""
+    doubled. `window_boxes` (n_windows, 4) are the windows' [x0, y0, x1, y1] cut to the raster, indexed by
+    `dets.window`."""
+    return merge_indexed(cfg, dets, task, window_boxes)[0]
+
+
+def merge_indexed(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray
+                  ) -> tuple[Detections, np.ndarray]:
+    """`merge`, and for each merged detection the index in `dets` of the detection it comes from (its best
+    fragment when union joined several)."""
+    source = np.arange(len(dets), dtype=np.int64)
     if not len(dets):
-        return dets
+        return dets, source
     if cfg.merge_method(task) == "union":
-        dets = _union(cfg, dets, task, grid)
+        dets, source = _union(cfg, dets, task, np.asarray(window_boxes))
     keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold, metric=cfg.match_metric,
-               class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=dets.on_seam)
-    merged = dets.take(keep)
-    return merged.take(merged.sort_key())
+               class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=dets.on_seam, bins=cfg.sorter_bins)
+    merged, source = dets.take(keep), source[keep]
+    order = merged.sort_key()
+    return merged.take(order), source[order]
 
 
-def _union(cfg: JobConfig, dets: Detections, task: str, grid: WindowGrid) -> Detections:
+def _union(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray) -> tuple[Detections, np.ndarray]:
     """Join the pieces of one object: first those one window saw as several overlapping parts (a model shown
     a patch of a large roof often outputs a few overlapping instances of it), then the fragments that
     different windows saw. The second pass never joins two detections of one window, so objects a window
-    saw apart stay apart."""
+    saw apart stay apart. Also returns each joined detection's best member (an index into `dets`)."""
     kind = {"detect": "box", "obb": "rotated"}.get(task, "polygon")
-    boxes = grid.clipped_bounds()
     n_classes = 1 if cfg.class_agnostic else int(dets.class_id.max()) + 1
     within = dets.window * n_classes + (0 if cfg.class_agnostic else dets.class_id)
-    dets = _join(cfg, dets, kind, boxes, groups=within, windows=np.arange(len(dets)), still_cut=True)
+    dets, first = _join(cfg, dets, kind, boxes, groups=within, windows=np.arange(len(dets)), still_cut=True)
     classes = np.zeros(len(dets), np.int32) if cfg.class_agnostic else dets.class_id
-    return _join(cfg, dets, kind, boxes, groups=classes, windows=dets.window, still_cut=False)
+    dets, second = _join(cfg, dets, kind, boxes, groups=classes, windows=dets.window, still_cut=False)
+    return dets, first[second]
 
 
 def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups: np.ndarray, windows: np.ndarray,
-          still_cut: bool) -> Detections:
+          still_cut: bool) -> tuple[Detections, np.ndarray]:
     """One union pass: detections of the same `groups` label, never two of one `windows` label, linked by
     their overlap inside their windows' shared zone. A joined detection stays flagged as cut (`on_seam`) if
-    `still_cut` and any part was; else only unjoined ones keep their flag."""
+    `still_cut` and any part was; else only unjoined ones keep their flag. Returns the joined detections and
+    each one's best member."""
     geoms = dets.geometries()
     order, offsets = union_groups(geoms, dets.score, groups, windows, boxes[dets.window].astype(np.float64),
                                   threshold=cfg.nms_threshold, metric=cfg.match_metric, class_agnostic=False,
                                   demote=dets.on_seam)
     sizes = np.diff(offsets)
     if (sizes == 1).all():
-        return dets
+        return dets, np.arange(len(dets), dtype=np.int64)
     best = group_leaders(order, offsets)
     merged_geoms = merge_group_geometries(geoms, order, offsets, kind=kind, threshold=cfg.nms_threshold,
                                           metric=cfg.match_metric, demote=dets.on_seam)
@@ -140,8 +151,12 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
         on_seam = dets.on_seam[best] & (sizes == 1)
     masks = None if dets.masks is None else dets.masks.union_groups(order, offsets)
     scores = merge_group_scores(dets.score, order, offsets)
-    return Detections.from_geometries(merged_geoms, dets.class_id[best], scores,
-                                      dets.window[best], on_seam=on_seam, masks=masks)
+    boxes = None
+    if dets.boxes is not None:  # the model boxes of a joined object: the envelope of its members'
+        b, starts = dets.boxes[order], offsets[:-1]
+        boxes = np.column_stack([np.minimum.reduceat(b[:, :2], starts), np.maximum.reduceat(b[:, 2:], starts)])
+    return Detections.from_geometries(merged_geoms, dets.class_id[best], scores, dets.window[best],
+                                      on_seam=on_seam, masks=masks, boxes=boxes), best
 
 
 def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window_grid: WindowGrid,
@@ -151,7 +166,7 @@ def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window
     raw = Detections.concat(parts)
     raw = raw.take(np.argsort(raw.window, kind="stable"))
     t = time.perf_counter()
-    merged = merge(cfg, raw, task, window_grid)
+    merged = merge(cfg, raw, task, window_grid.clipped_bounds())
     stats.add_time("merge", time.perf_counter() - t)
     stats.raw_detections, stats.kept_detections = len(raw), len(merged)
     georef = source.georeferenced

@@ -67,6 +67,17 @@ class JobResult:
         self.stats.add_time("write", time.perf_counter() - t)
         return out
 
+    def quicklook(self, path: str | os.PathLike, raster: str | os.PathLike | None = None, max_size: int = 4096,
+                  window=None) -> Path:
+        """Write a PNG of the raster (`config.source` by default; `window` x0,y0,x1,y1 in its pixels), read
+        decimated to at most `max_size` px on its longer side, with every detection's outline in its class
+        colour. See `tiler.quicklook.write_quicklook`."""
+        from .quicklook import write_quicklook
+
+        bands = self.config.bands if raster is None else None
+        return write_quicklook(path, raster if raster is not None else self.config.source, self.detections,
+                               max_size, window, bands)
+
     def to_geodataframe(self):
         """A geopandas GeoDataFrame (EPSG:4326, or no CRS for pixel-space images). Needs geopandas."""
         try:

@@ -36,8 +36,13 @@ def output_format(path: str | os.PathLike) -> str:
 
 def check_output_path(path: str | os.PathLike) -> Path:
     """Fail before any work if the output could not be written."""
+    output_format(Path(path))
+    return check_writable(path)
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """`path` as a Path if a file could be written there (not a folder, in an existing writable folder)."""
     p = Path(path)
-    output_format(p)
     if p.exists() and not p.is_file():
         raise OutputError(f"output path exists and is not a file: {p}")
     parent = p.parent if str(p.parent) else Path(".")

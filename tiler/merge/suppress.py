@@ -24,8 +24,8 @@ __all__ = ["SORTERS", "sort_order", "nms"]
 
 SORTERS: tuple[str, ...] = ("score", "intelligent")
 
-# Tolerance used when binning scores into 0.1-wide confidence bins: scores often
-# arrive as float32 (0.7 in float32 is 0.69999998...), which must land in bin 7.
+# Tolerance used when binning scores into confidence bins: scores often arrive as float32 (0.7 in float32
+# is 0.69999998...), which must land in bin 7 of 10.
 _BIN_EPS = 1e-6
 
 
@@ -34,6 +34,7 @@ def sort_order(
     areas: Sequence[float] | np.ndarray,
     sorter: str = "score",
     demote: np.ndarray | None = None,
+    bins: int = 10,
 ) -> np.ndarray:
     """Processing order for greedy NMS (int64 indices, best first).
 
@@ -43,10 +44,11 @@ def sort_order(
 
     ``"score"``: descending score, ties by ascending index.
     ``"intelligent"`` (after patched_yolo_infer's intelligent_sorter): descending
-    confidence bin ``floor(score * 10)``, then descending area, then descending
+    confidence bin ``floor(score * bins)``, then descending area, then descending
     score, then ascending index. Preferring the largest polygon among similarly
     confident ones keeps the whole object rather than a fragment cut at a tile
-    edge. Unlike patched_yolo_infer (which uses ``round``), bins round down.
+    edge. Unlike patched_yolo_infer (whose bins are closed at the top, so a score of
+    exactly 0.6 falls into the bin below), bins are closed at the bottom.
     """
     if sorter not in SORTERS:
         raise ValueError(f"sorter must be one of {SORTERS}, got {sorter!r}")
@@ -64,8 +66,10 @@ def sort_order(
     a = np.nan_to_num(np.asarray(areas, dtype=np.float64).ravel(), nan=0.0)
     if len(a) != len(s):
         raise ValueError(f"areas has length {len(a)}, expected {len(s)} (same as scores)")
-    bins = np.floor(s * 10.0 + _BIN_EPS)
-    return np.lexsort((idx, -s, -a, -bins) + primary).astype(np.int64, copy=False)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    binned = np.floor(s * float(bins) + _BIN_EPS)
+    return np.lexsort((idx, -s, -a, -binned) + primary).astype(np.int64, copy=False)
 
 
 def nms(
@@ -77,10 +81,11 @@ def nms(
     class_agnostic: bool = True,
     sorter: str = "score",
     demote: np.ndarray | None = None,
+    bins: int = 10,
 ) -> np.ndarray:
     """Greedy non-maximum suppression on real geometries.
 
-    Detections are visited in ``sort_order(scores, areas, sorter, demote)``; each one not
+    Detections are visited in ``sort_order(scores, areas, sorter, demote, bins)``; each one not
     yet suppressed is kept and suppresses every other detection whose overlap
     ``metric`` with it is ``> threshold``. With ``class_agnostic=False`` only
     detections of the same ``class_ids`` value suppress each other.
@@ -108,7 +113,7 @@ def nms(
         return np.empty(0, dtype=np.int64)
 
     areas = _areas(_safe_geoms(g)) if sorter == "intelligent" else np.zeros(n)
-    order = sort_order(s, areas, sorter, demote)
+    order = sort_order(s, areas, sorter, demote, bins)
 
     # Per-class mode: cross-class pairs are dropped before any intersection.
     i, j = pairs_above(g, metric, thr, groups=None if class_agnostic else cls)

@@ -91,9 +91,13 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
         ul.batch = ([""] * len(images), images, [""] * len(images))
         if raw_segments:
             # SegmentationPredictor.postprocess runs NMS, then construct_results(preds, img, orig_imgs, protos)
+            # SegmentationPredictor's own postprocess, also for subclasses: FastSAM's adds prompts and a
+            # full-image box snap that need Results objects
+            from ultralytics.models.yolo.segment import SegmentationPredictor
+
             ul.construct_results = _segment_outputs
             try:
-                results = ul.postprocess(preds, x, images)
+                results = SegmentationPredictor.postprocess(ul, preds, x, images)
             finally:
                 del ul.construct_results
         else:

@@ -34,21 +34,37 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def load_model(path: str | os.PathLike):
+    """An Ultralytics model from a local .pt file, with the model class its checkpoint needs: RT-DETR
+    checkpoints (found by their network class) load as `RTDETR`, FastSAM ones (by file name, as Ultralytics
+    itself decides) as `FastSAM`, everything else as `YOLO`. Never downloads: a missing file is an error.
+    A .pt file is a Python pickle: load only models you trust."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model file not found: {path}")
     if p.suffix.lower() != ".pt":
         raise ModelError(f"model must be an Ultralytics PyTorch .pt file, got {path}")
-    from ultralytics import YOLO
+    from ultralytics import RTDETR, YOLO, FastSAM
 
     try:
-        model = YOLO(str(p))
+        model = (FastSAM if "fastsam" in p.stem.lower() else YOLO)(str(p))
+        if type(model.model).__name__ == "RTDETRDetectionModel" and not isinstance(model, RTDETR):
+            model = RTDETR(str(p))
         model.names  # noqa: B018  (forces the weights to load now, not at the first batch)
     except Exception as exc:  # Ultralytics raises many types for a bad file; all mean "not a model"
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"cannot load model {path}: {msg}") from None
+    return checked_model(model, path)
+
+
+def checked_model(model, name: object = None):
+    """`model` if it is a loaded Ultralytics model of a task tiler runs (YOLO, RTDETR, FastSAM, ...)."""
+    from ultralytics.engine.model import Model
+
+    label = name if name is not None else type(model).__name__
+    if not isinstance(model, Model):
+        raise ModelError(f"model must be a path to a .pt file or an Ultralytics model, got {type(model).__name__}")
     if model.task not in TASKS:
-        raise ModelError(f"model {path} is a {model.task!r} model; tiler supports {', '.join(TASKS)}")
+        raise ModelError(f"model {label} is a {model.task!r} model; tiler supports {', '.join(TASKS)}")
     return model
 
 
@@ -56,17 +72,19 @@ class Predictor:
     """Loads the model once; `predict(patches)` runs one batched forward pass.
 
     Patches are RGB uint8 (h, w, 3) arrays, all of the same size. Results are patch-local detections whose
-    `window` field is the patch's position in the batch. Segmentation outlines are exact (see masks.py):
+    `window` field is the patch's position in the batch. `model` is a local .pt path or a loaded Ultralytics
+    model; `extra_args` are further Ultralytics predict arguments. Segmentation outlines are exact (see masks.py):
     `simplify` is their tolerance in pixels, `largest_part` keeps one polygon per object, and `keep_masks`
     attaches each object's bitmap (crop and offset) to the detections.
     """
 
-    def __init__(self, model_path: str | os.PathLike, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
+    def __init__(self, model, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
                  classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
                  threads: int | None = None, half: bool = False, simplify: float = 0.0,
-                 largest_part: bool = False, keep_masks: bool = False):
-        self.model_path = os.fspath(model_path)
-        self.model = load_model(self.model_path)
+                 largest_part: bool = False, keep_masks: bool = False, extra_args: dict | None = None):
+        # a path is loaded here; an Ultralytics model object (YOLO, RTDETR, FastSAM) is used as it is
+        is_path = isinstance(model, (str, os.PathLike))
+        self.model = load_model(model) if is_path else checked_model(model)
         self.task: str = self.model.task
         self.names: dict[int, str] = dict(self.model.names)
         if classes is not None:
@@ -78,6 +96,7 @@ class Predictor:
         self.threads = _ultralytics.set_torch_threads(threads) if self.device == "cpu" else threads
         self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,
                          max_det=max_det, device=self.device, verbose=False)
+        self.args.update(extra_args or {})  # other Ultralytics predict arguments (augment, agnostic_nms, ...)
         if half and self.device != "cpu":
             self.args["quantize"] = 16  # Ultralytics' successor to half=True
         self.simplify, self.largest_part, self.keep_masks = simplify, largest_part, keep_masks
@@ -107,7 +126,8 @@ class Predictor:
         masks = None
         if self.keep_masks:
             masks = Masks.from_crops([c for c, o in zip(im.crops, ok) if o], im.origins[ok])
-        return Detections.from_geometries(im.outlines[ok], out.cls[keep], out.conf[keep], window, masks=masks)
+        return Detections.from_geometries(im.outlines[ok], out.cls[keep], out.conf[keep], window, masks=masks,
+                                          boxes=out.boxes[keep])
 
     def _extract(self, result, window: int) -> Detections:
         if self.task == "obb":
