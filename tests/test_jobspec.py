@@ -56,10 +56,16 @@ def test_job_entrypoint_usage():
     assert r.returncode == 2 and "usage" in r.stderr
 
 
-def test_auto_runner_picks_by_window_count(small_scene, tmp_path):
-    assert TileJob(small_scene, MODEL, patch_size=320).runner_name() == "local"  # 9 windows
+def test_auto_runner_is_in_process_on_one_machine_and_ray_for_a_cluster(small_scene, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     big, _ = write_scene(SceneSpec(2200, 2200, seed=1), tmp_path / "big.tif")
-    assert TileJob(big, MODEL, patch_size=320).runner_name() == "ray"  # 81 windows
-    assert TileJob(big, MODEL, patch_size=320, runner="local").runner_name() == "local"
+    assert TileJob(small_scene, MODEL, patch_size=320).runner_name() == "local"  # 9 windows
+    assert TileJob(big, MODEL, patch_size=320).runner_name() == "local"  # 81 windows: still one machine
+    assert TileJob(big, MODEL, patch_size=320, workers=2).runner_name() == "ray"
+    assert TileJob(big, MODEL, patch_size=320, workers=1).runner_name() == "local"
+    assert TileJob(big, MODEL, patch_size=320, address="auto").runner_name() == "ray"
+    assert TileJob(big, MODEL, patch_size=320, address="auto", runner="local").runner_name() == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert TileJob(big, MODEL, patch_size=320).runner_name() == "ray"
     with pytest.raises(ConfigError):
         TileJob(big, MODEL, runner="spark")

@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 
-from .config import AUTO_RAY_WINDOWS, JobConfig
+from .config import JobConfig
 from .errors import ConfigError, TilerError
 
 EXIT_USAGE = 2
@@ -62,8 +62,9 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    help="GDAL block cache in MiB (default: two rows of windows, 16-1024 MiB)")
     g = p.add_argument_group("execution")
     g.add_argument("--runner", metavar="auto|local|ray",
-                   help=f"local: in this process; ray: Ray Data pipeline (embedded local Ray unless --address); "
-                        f"auto (default): ray when the raster has more than {AUTO_RAY_WINDOWS} windows")
+                   help="local: in this process; ray: Ray Data pipeline (embedded local Ray unless --address); "
+                        "auto (default): ray when --address or RAY_ADDRESS names a cluster, --workers asks for more "
+                        "than one, or the machine has several GPUs; local otherwise")
     g.add_argument("--address", help="join an existing Ray cluster: auto, or ray://host:10001")
     g.add_argument("--workers", type=int, help="predictor actors (default: as many as the resources allow)")
     g.add_argument("--gpus-per-worker", type=float, help="GPUs per predictor actor, fractions allowed (default 0)")

@@ -17,7 +17,6 @@ MERGES = ("auto", *MERGE_METHODS)
 # merge method by task when merge="auto" (measured: bench/README.md, "Choosing the merge")
 AUTO_MERGE = {"detect": "suppress", "obb": "suppress", "segment": "union"}
 DEFAULT_SIMPLIFY = 0.25  # pixels: segmentation outlines (measured: bench/README.md, "Outline simplification")
-AUTO_RAY_WINDOWS = 32  # runner "auto" uses Ray above this many windows; below, start-up would dominate
 
 
 def parse_size(value: Any, name: str = "patch_size") -> tuple[int, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-from .config import AUTO_RAY_WINDOWS, JobConfig
+from .config import JobConfig
 from .result import JobResult
 from .writers import check_output_path
 
@@ -46,15 +46,20 @@ class TileJob:
         return result
 
     def runner_name(self) -> str:
-        """The runner this job uses: as configured, or for "auto", Ray when there are many windows."""
+        """The runner this job uses: as configured, or for "auto", in this process on a single machine, and Ray
+        when a cluster is addressed (`address`, or RAY_ADDRESS), `workers` asks for more than one predictor, or
+        the machine has several GPUs (one actor each). On one machine Ray only adds its start-up, a second
+        model process and its daemons (issue 10 reports 372 s and 2.58 GB against 272 s and 1.26 GB in-process
+        on a 32768 x 32768 scene)."""
         cfg = self.config
         if cfg.runner != "auto":
             return cfg.runner
-        if cfg.address or os.environ.get("RAY_ADDRESS"):
+        if cfg.address or os.environ.get("RAY_ADDRESS") or (cfg.workers or 1) > 1:
             return "ray"
-        from .grid import plan_windows
-        from .raster import RasterSource
+        return "ray" if _cuda_devices() > 1 else "local"
 
-        with RasterSource(cfg.source, bands=cfg.bands) as source:
-            n = len(plan_windows(source.width, source.height, cfg.patch_size, cfg.overlap))
-        return "ray" if n > AUTO_RAY_WINDOWS else "local"
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
