@@ -346,3 +346,18 @@ def test_visualize_results_usual_yolo_inference_draws_the_whole_image_pass(scene
         assert {tuple(int(v) for v in p) for p in drawn[changed]} <= colours
     with pytest.raises(ConfigError, match="never downloads"):
         visualize_results_usual_yolo_inference(img, None)
+
+
+def test_deep_import_paths_of_the_reference_work():
+    """User code imports the reference's modules too (its issue #27 traceback does); only the package changes."""
+    import tiler.compat as compat
+    from tiler.compat.elements.CropElement import CropElement
+    from tiler.compat.functions_extra import get_crops
+    from tiler.compat.nodes.CombineDetections import CombineDetections
+    from tiler.compat.nodes.MakeCropsDetectThem import MakeCropsDetectThem
+
+    assert (MakeCropsDetectThem, CombineDetections, CropElement, get_crops) == (
+        compat.MakeCropsDetectThem, compat.CombineDetections, compat.CropElement, compat.get_crops)
+    assert sorted(n for n in dir(reference) if not n.startswith("_") and n[0].isalpha()
+                  and callable(getattr(reference, n)) and n != "visualize_results_yolo_pose_inference") == \
+        sorted(compat.__all__)

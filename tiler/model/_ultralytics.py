@@ -2,6 +2,7 @@
 
 - torch threads: Ultralytics resets torch to cores - 1 threads on every device selection;
 - NMS time limit: lifted, so no patch of a busy batch silently loses its detections;
+- rotated-box NMS: the same kept boxes, with overlaps computed only where boxes can overlap (`nms.py`);
 - the predictor's own stages (letterbox, forward, NMS, scaling) called without `predict()`'s per-call source
   handling, and without its warm-up;
 - for segmentation, the step after NMS is replaced so masks are made per object (see masks.py).
@@ -49,6 +50,31 @@ def disable_nms_time_limit() -> None:
 
     non_max_suppression._tiler_unlimited = True
     nms.non_max_suppression = non_max_suppression
+
+
+def sparse_rotated_nms() -> None:
+    """Make Ultralytics' rotated-box NMS compute overlaps only for boxes whose extents intersect (`nms.py`):
+    the same kept boxes, without the dense n x n probiou matrix that is most of predict time on dense patches.
+    Other NMS calls (axis-aligned boxes go through torchvision's, already sparse) are left as they are.
+    Idempotent; the predictors look `TorchNMS.fast_nms` up at call time."""
+    from ultralytics.utils import metrics
+    from ultralytics.utils import nms as ul_nms
+
+    from .nms import MIN_SPARSE_IOU, sparse_rotated_fast_nms
+
+    if getattr(ul_nms.TorchNMS.fast_nms, "_tiler_sparse", False):
+        return
+    original = ul_nms.TorchNMS.fast_nms
+
+    @functools.wraps(original)
+    def fast_nms(boxes, scores, iou_threshold, use_triu=True, iou_func=metrics.box_iou, exit_early=True):
+        if use_triu and exit_early and iou_func is metrics.batch_probiou and iou_threshold >= MIN_SPARSE_IOU:
+            return sparse_rotated_fast_nms(boxes, scores, iou_threshold)
+        return original(boxes, scores, iou_threshold, use_triu=use_triu, iou_func=iou_func, exit_early=exit_early)
+
+    fast_nms._tiler_sparse = True
+    fast_nms._tiler_original = original
+    ul_nms.TorchNMS.fast_nms = staticmethod(fast_nms)
 
 
 def setup_predictor(model, args: dict):

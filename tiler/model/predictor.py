@@ -92,6 +92,7 @@ class Predictor:
             if unknown:
                 raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
         _ultralytics.disable_nms_time_limit()
+        _ultralytics.sparse_rotated_nms()
         self.device = resolve_device(device)
         self.threads = _ultralytics.set_torch_threads(threads) if self.device == "cpu" else threads
         self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,

@@ -1,0 +1,102 @@
+"""The sparse rotated-box NMS keeps exactly what Ultralytics' dense Fast-NMS keeps: on random clusters of
+boxes at several thresholds, and through the whole Ultralytics predict on real dense patches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from ultralytics.utils import metrics
+from ultralytics.utils.nms import TorchNMS
+
+from tiler.model import _ultralytics
+from tiler.model.nms import MIN_SPARSE_IOU, sparse_rotated_fast_nms
+
+REPO = Path(__file__).resolve().parent.parent
+DOTA_MODEL = REPO.parent / "shared" / "models" / "yolov8n-obb.pt"
+DOTA_IMAGE = REPO.parent / "shared" / "data" / "dota" / "P0706.png"
+needs_shared = pytest.mark.skipif(not DOTA_MODEL.exists() or not DOTA_IMAGE.exists(), reason="../shared absent")
+
+_ultralytics.sparse_rotated_nms()
+DENSE = TorchNMS.fast_nms._tiler_original  # Ultralytics' own
+
+
+def _dense(boxes, scores, thr):
+    return DENSE(boxes, scores, thr, iou_func=metrics.batch_probiou)
+
+
+def _clusters(rng, n, spread):
+    """Rotated boxes in tight clusters (many overlapping duplicates) plus scattered ones, float32 xywhr."""
+    centres = rng.uniform(0, 640, (n // 8, 2))
+    xy = centres[rng.integers(0, len(centres), n)] + rng.normal(0, spread, (n, 2))
+    wh = rng.uniform(4, 60, (n, 2)) * rng.choice([1.0, 0.3], (n, 1))  # some long thin boxes
+    r = rng.uniform(-np.pi / 2, np.pi, (n, 1))
+    return torch.from_numpy(np.hstack([xy, wh, r]).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("thr", [MIN_SPARSE_IOU, 0.45, 0.7, 0.9])
+def test_same_kept_boxes_as_ultralytics_fast_nms(seed, thr):
+    rng = np.random.default_rng(seed)
+    boxes = _clusters(rng, 1500, spread=[1.0, 3.0, 8.0][seed % 3])
+    scores = torch.from_numpy(rng.random(1500).astype(np.float32))
+    if seed == 5:
+        scores = torch.round(scores * 4) / 4  # many tied scores: the order must match too
+    want = _dense(boxes, scores, thr)
+    got = sparse_rotated_fast_nms(boxes, scores, thr)
+    assert 0 < len(want) < 1500
+    assert torch.equal(got, want)
+
+
+def test_patched_fast_nms_defers_to_ultralytics_outside_its_range():
+    rng = np.random.default_rng(9)
+    boxes, scores = _clusters(rng, 300, 4.0), torch.from_numpy(rng.random(300).astype(np.float32))
+    assert torch.equal(TorchNMS.fast_nms(boxes, scores, 0.1, iou_func=metrics.batch_probiou),
+                       _dense(boxes, scores, 0.1))
+    xyxy = torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]], 1)
+    assert torch.equal(TorchNMS.fast_nms(xyxy, scores, 0.5), DENSE(xyxy, scores, 0.5))
+    assert len(sparse_rotated_fast_nms(torch.zeros((0, 5)), torch.zeros(0), 0.7)) == 0
+
+
+def _compare_predict(model_path, patches, imgsz):
+    from ultralytics import YOLO
+
+    model = YOLO(str(model_path))
+    patched = TorchNMS.__dict__["fast_nms"]
+    results = {}
+    try:
+        for name, impl in (("sparse", patched), ("dense", staticmethod(DENSE))):
+            TorchNMS.fast_nms = impl
+            results[name] = [r.obb.data.clone() for r in model.predict(patches, imgsz=imgsz, conf=0.05, iou=0.7,
+                                                                         max_det=3000, verbose=False)]
+    finally:
+        TorchNMS.fast_nms = patched
+    total = 0
+    for a, b in zip(results["sparse"], results["dense"]):
+        assert torch.equal(a, b)
+        total += len(a)
+    return total
+
+
+def test_real_dense_patches_of_the_project_model(tmp_path):
+    """Generated scene, tiler-obb at 320 px and a low conf (many candidates per patch)."""
+    from tiler.synth import SceneSpec, write_scene
+
+    import rasterio
+
+    tif, _ = write_scene(SceneSpec(1280, 640, seed=31), tmp_path / "s.tif")
+    with rasterio.open(tif) as src:
+        img = src.read([3, 2, 1]).transpose(1, 2, 0)
+    patches = [np.ascontiguousarray(img[y:y + 320, x:x + 320]) for y in (0, 320) for x in range(0, 1280, 320)]
+    assert _compare_predict(REPO / "models" / "tiler-obb.pt", patches, 320) > 50
+
+
+@needs_shared
+def test_real_dense_harbour_patches_of_yolov8n_obb():
+    img = cv2.imread(str(DOTA_IMAGE))
+    h, w = img.shape[:2]
+    patches = [np.ascontiguousarray(img[y:y + 640, x:x + 640]) for y in (0, h - 640) for x in (0, w - 640)]
+    assert _compare_predict(DOTA_MODEL, patches, 640) > 500

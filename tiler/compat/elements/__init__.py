@@ -1,0 +1,1 @@
+"""patched_yolo_infer's deep import path for `CropElement` (see `nodes/`)."""
