@@ -145,8 +145,9 @@ class MakeCropsDetectThem:
 
     Same arguments, defaults and attributes as patched_yolo_infer 1.3.10 (see the module docstring for what
     differs and why), plus keyword-only `batch_size` (crops per forward pass, whatever `batch_inference`
-    says), `device` and `threads` (torch CPU threads, default all cores; 1 on a machine busy with other work). Also sets `detections` (tiler `Detections` in image pixels, before the merge), `window_boxes`
-    and `task`, which `CombineDetections` uses."""
+    says), `device` and `threads` (torch CPU threads, default all cores; 1 on a machine busy with other
+    work). Also sets `detections` (tiler `Detections` in image pixels, before the merge), `window_boxes` and
+    `task`, which `CombineDetections` uses."""
 
     def __init__(self, image: np.ndarray, model_path="yolo11m.pt", imgsz=640, conf=0.25, iou=0.7,
                  classes_list=None, segment=False, shape_x=700, shape_y=600, overlap_x=25, overlap_y=25,
@@ -169,16 +170,17 @@ class MakeCropsDetectThem:
             raise ConfigError(f"inference_extra_args may not set {', '.join(reserved)}: use the arguments of "
                               "the same name")
         extra.pop("retina_masks", None)  # masks are always made at the crop's own resolution
+        overlap = (_percent(overlap_x, "overlap_x"), _percent(overlap_y, "overlap_y"))
         self.config = JobConfig(
             source=_IMAGE, model=os.fspath(model_path) if model is None else f"<{type(model).__name__} object>",
-            patch_size=(shape_x, shape_y), overlap=(_percent(overlap_x, "overlap_x"), _percent(overlap_y, "overlap_y")),
-            conf=conf, iou=iou, imgsz=imgsz, classes=classes_list, batch_size=batch_size, device=extra.pop("device", device),
-            half=bool(extra.pop("half", False)), max_det=extra.pop("max_det", 300), threads=threads,
-            keep_masks=self.segment and not self.memory_optimize)
+            patch_size=(shape_x, shape_y), overlap=overlap, conf=conf, iou=iou, imgsz=imgsz, classes=classes_list,
+            batch_size=batch_size, device=extra.pop("device", device), half=bool(extra.pop("half", False)),
+            max_det=extra.pop("max_det", 300), threads=threads, keep_masks=self.segment and not self.memory_optimize)
         cfg = self.config
         predictor = Predictor(model if model is not None else model_path, conf=cfg.conf, iou=cfg.iou,
                               imgsz=cfg.model_imgsz, classes=cfg.classes, max_det=cfg.max_det, device=cfg.device,
-                              threads=cfg.threads, half=cfg.half, simplify=cfg.simplify, keep_masks=cfg.keep_masks, extra_args=extra)
+                              threads=cfg.threads, half=cfg.half, simplify=cfg.simplify, keep_masks=cfg.keep_masks,
+                              extra_args=extra)
         self.model, self.task = predictor.model, predictor.task
         self.class_names_dict = predictor.names
         if self.segment and self.task != "segment":

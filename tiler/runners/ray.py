@@ -138,18 +138,39 @@ def _batch_rows(window_ids: np.ndarray, origins: np.ndarray, batch_size: int) ->
 
 
 def _init_ray(cfg: JobConfig) -> bool:
-    """Join `cfg.address`, or start an embedded local Ray sized to this machine. True if we started it."""
+    """Join `cfg.address`, or a head that `ray start --head` runs on this machine, or start an embedded local
+    Ray sized to this machine. True if we started it (and so must shut it down)."""
     import ray
 
     if ray.is_initialized():
         return False
     kwargs = dict(log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": {"YOLO_OFFLINE": "1"}})
-    address = cfg.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
-    if address:
-        ray.init(address=address, **kwargs)
+    given = cfg.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
+    head = None if given else _running_local_head()
+    if head:
+        print(f"tiler: joining the Ray head running on this machine at {head}", file=sys.stderr)
+    if given or head:
+        ray.init(address=given or head, **kwargs)
         return False
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
+    # "local": a new instance even where Ray's record of an earlier `ray start --head` outlived its head
+    # (without it, ray.init would try to join the dead head, and refuse num_cpus for an existing cluster)
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
     return True
+
+
+def _running_local_head() -> str | None:
+    """The address of a head that `ray start --head` started on this machine and that still runs, else None.
+
+    Ray records the last head it started (in its default temp dir) and keeps the record after the head
+    dies; a head is live when a GCS server with that address runs here. Ray internals, guarded: if they
+    change, tiler starts its own Ray as before."""
+    try:
+        from ray._private import services
+
+        recorded = services.find_bootstrap_address(None)
+        return recorded if recorded and recorded in set(services.find_gcs_addresses()) else None
+    except Exception:  # noqa: BLE001  (private API: any failure means "no head found")
+        return None
 
 
 def _actor_plan(cfg: JobConfig) -> tuple[int, int, float]:
