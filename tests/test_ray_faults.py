@@ -65,3 +65,4 @@ def test_worker_node_removed_mid_job(cluster, scene_and_reference, tmp_path):
     TileJob(tif, MODEL, runner="ray", workers=2, out=out, **PARAMS).run(on_progress=remove_a_node)
     assert state["removed"] and state["at"] < 25, state
     assert features(out) == reference
+

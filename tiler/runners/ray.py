@@ -31,6 +31,7 @@ from ..errors import TilerError, WindowReadError
 from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, read_patches, start_job
 from ..raster import RasterSource, gdal_env
 from ..result import JobResult, JobStats
+from . import _reaper
 
 # Test hook: when this names a file that does not exist yet, the first actor batch creates it and kills
 # its own process, so tests can prove a lost actor leaves the job complete and identical.
@@ -137,13 +138,29 @@ def _batch_rows(window_ids: np.ndarray, origins: np.ndarray, batch_size: int) ->
     return rows
 
 
-def _init_ray(cfg: JobConfig) -> bool:
+class _EmbeddedRay:
+    """The local Ray this job started, with its watcher (`_reaper.py`): `stop()` shuts both down."""
+
+    def __init__(self, reaper) -> None:
+        self.reaper = reaper
+
+    def stop(self) -> None:
+        import ray
+
+        try:
+            ray.shutdown()
+        finally:
+            self.reaper.kill()  # the job ended here, so nothing is left for it to do
+            self.reaper.wait()
+
+
+def _init_ray(cfg: JobConfig) -> _EmbeddedRay | None:
     """Join `cfg.address`, or a head that `ray start --head` runs on this machine, or start an embedded local
-    Ray sized to this machine. True if we started it (and so must shut it down)."""
+    Ray sized to this machine: then returned, for the job to stop when it ends."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return None
     kwargs = dict(log_to_driver=False, logging_level="ERROR", runtime_env={"env_vars": {"YOLO_OFFLINE": "1"}})
     given = cfg.address or os.environ.get("RAY_ADDRESS")  # `ray job submit` sets RAY_ADDRESS
     head = None if given else _running_local_head()
@@ -151,11 +168,17 @@ def _init_ray(cfg: JobConfig) -> bool:
         print(f"tiler: joining the Ray head running on this machine at {head}", file=sys.stderr)
     if given or head:
         ray.init(address=given or head, **kwargs)
-        return False
-    # "local": a new instance even where Ray's record of an earlier `ray start --head` outlived its head
-    # (without it, ray.init would try to join the dead head, and refuse num_cpus for an existing cluster)
-    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
-    return True
+        return None
+    reaper = _reaper.start()  # before Ray starts: a driver killed during start-up leaves nothing either
+    try:
+        # "local": a new instance even where Ray's record of an earlier `ray start --head` outlived its head
+        # (without it, ray.init would try to join the dead head, and refuse num_cpus for an existing cluster)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **kwargs)
+    except BaseException:
+        reaper.kill()
+        reaper.wait()
+        raise
+    return _EmbeddedRay(reaper)
 
 
 def _running_local_head() -> str | None:
@@ -212,7 +235,7 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
     del probe
     stats.add_time("check_model", time.perf_counter() - t)
     t = time.perf_counter()
-    started = _init_ray(cfg)
+    embedded = _init_ray(cfg)
     try:
         import ray.data
 
@@ -262,8 +285,8 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
             raise inner from None
         raise TilerError(f"ray job failed: {type(exc).__name__}: {_last_line(exc)}") from exc
     finally:
-        if started:
-            ray.shutdown()
+        if embedded is not None:
+            embedded.stop()
     stats.windows_run = len(window_plan.window_ids) - stats.windows_empty
     result = finish(cfg, parts, source, window_plan.grid, names, task, stats)
     stats.add_time("total", time.perf_counter() - t_start)

@@ -1,0 +1,86 @@
+"""The embedded Ray never outlives its driver, even one killed outright (SIGKILL).
+
+Its own module: a module-scoped in-process cluster elsewhere (test_ray.py, test_ray_faults.py) would be a Ray
+running on this machine, which `--runner ray` joins instead of starting its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from tiler.synth import SceneSpec, write_scene  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "models" / "tiler-detect.pt"
+
+pytestmark = pytest.mark.timeout(900)
+
+
+def test_driver_killed_mid_job_leaves_no_ray_process_behind(tmp_path):
+    """SIGKILL to a `tiler predict --runner ray` driver mid-job: within seconds no process of its embedded Ray
+    (every descendant the driver had, daemons and workers alike) is still running, and no output is written."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    tif, _ = write_scene(SceneSpec(4096, 4096, seed=97), tmp_path / "scene.tif")  # a minute of work at least
+    out = tmp_path / "out.geojson"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", YOLO_OFFLINE="1")
+    driver = subprocess.Popen([str(Path(sys.executable).parent / "tiler"), "predict", str(tif), "--model", str(MODEL),
+                               "--out", str(out), "--patch-size", "320", "--batch-size", "1", "--threads", "1",
+                               "--runner", "ray", "--no-progress"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours: set[psutil.Process] = set()
+    deadline = time.time() + 240
+    try:
+        # wait until Ray runs worker processes (ray::...), i.e. the pipeline has started
+        while time.time() < deadline and driver.poll() is None:
+            ours |= set(psutil.Process(driver.pid).children(recursive=True))
+            if any(" ".join(_cmdline(p)).startswith("ray::") for p in ours):
+                break
+            time.sleep(0.5)
+        assert driver.poll() is None, "the job ended before it could be killed mid-way"
+        time.sleep(2)
+        ours |= set(psutil.Process(driver.pid).children(recursive=True))
+        assert len(ours) >= 3  # gcs, raylet, workers...
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    deadline = time.time() + 30
+    alive = ours
+    while time.time() < deadline:
+        alive = {p for p in ours if _running(p)}
+        if not alive:
+            break
+        time.sleep(1)
+    leftover = [" ".join(_cmdline(p))[:80] for p in alive]
+    for p in alive:  # our own leftovers only, by PID, so that a failure does not leak them into later tests
+        p.kill()
+    assert not leftover, leftover
+    assert not out.exists()
+
+
+def _running(p) -> bool:
+    import psutil
+
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(p) -> list[str]:
+    import psutil
+
+    try:
+        return p.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
