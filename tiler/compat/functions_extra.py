@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..grid import plan_windows
 from ..model import Predictor
-from ..visualize import visualize_results
+from ..visualize import _polygon_points, visualize_results
 
 
 def _whole_image_detections(image: np.ndarray, model, imgsz: int, conf: float, iou: float,
@@ -57,9 +57,9 @@ def create_masks_from_polygons(polygons, image) -> list[np.ndarray]:
     masks = []
     for polygon in polygons:
         mask = np.zeros((h, w), dtype=np.uint8)
-        points = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
+        points = _polygon_points(polygon)
         if len(points):
-            cv2.fillPoly(mask, [np.rint(points).astype(np.int32).reshape(-1, 1, 2)], 1)
+            cv2.fillPoly(mask, [points], 1)
         masks.append(mask)
     return masks
 

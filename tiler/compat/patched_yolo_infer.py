@@ -52,6 +52,7 @@ from ..errors import ConfigError
 from ..grid import plan_windows
 from ..merge import sort_order
 from ..model import Predictor
+from ..model.masks import largest_parts
 from ..pipeline import merge_indexed
 
 _IMAGE = "<image array>"  # JobConfig.source for an in-memory image: never opened
@@ -80,17 +81,9 @@ def _outlines(geoms: np.ndarray) -> list[np.ndarray]:
     n = len(geoms)
     if n == 0:
         return []
-    parts, owner = shapely.get_parts(geoms, return_index=True)
-    area = shapely.area(parts)
-    order = np.lexsort((-area, owner))
-    first = order[np.r_[True, owner[order][1:] != owner[order][:-1]]]
-    rings = np.full(n, None, dtype=object)
-    rings[owner[first]] = shapely.get_exterior_ring(parts[first])
-    present = np.flatnonzero(rings != None)  # noqa: E711  (element-wise)
-    coords, idx = shapely.get_coordinates(rings[present], return_index=True)
-    counts = np.zeros(n, dtype=np.int64)
-    counts[present] = np.bincount(idx, minlength=len(present))
-    pieces = np.split(coords, np.cumsum(counts)[:-1])
+    rings = shapely.get_exterior_ring(largest_parts(np.asarray(geoms, dtype=object)))
+    coords, idx = shapely.get_coordinates(rings, return_index=True)
+    pieces = np.split(coords, np.cumsum(np.bincount(idx, minlength=n))[:-1])
     return [p[:-1] if len(p) else p.reshape(0, 2) for p in pieces]
 
 

@@ -21,6 +21,8 @@ import numpy as np
 import shapely
 import torch
 
+from ..merge.overlaps import candidate_pairs
+
 MIN_SPARSE_IOU = 0.3
 """Below this threshold two boxes with disjoint extents could in principle exceed it (the bound is 0.28)."""
 
@@ -56,10 +58,7 @@ def extent_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cos, sin = np.abs(np.cos(r)), np.abs(np.sin(r))
     ex = (w * cos + h * sin) / 2 * (1 + 1e-6) + 1e-6  # widened a hair against rounding
     ey = (w * sin + h * cos) / 2 * (1 + 1e-6) + 1e-6
-    env = shapely.box(x - ex, y - ey, x + ex, y + ey)
-    i, j = shapely.STRtree(env).query(env)  # envelopes of boxes: no predicate needed
-    keep = i < j
-    return i[keep], j[keep]
+    return candidate_pairs(shapely.box(x - ex, y - ey, x + ex, y + ey), predicate=None)  # rectangles: bounds suffice
 
 
 def sparse_rotated_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
