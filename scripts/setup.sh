@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install tiler with its test extra (and patched-yolo-infer, the reference of tiler.compat).
+# Create .venv and install tiler with its test extra (which includes the OpenVINO and ONNX Runtime backends) (and patched-yolo-infer, the reference of tiler.compat).
 # Idempotent: skipped when pyproject.toml and this script are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -84,3 +84,59 @@ def _cmdline(p) -> list[str]:
         return p.cmdline()
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return []
+
+
+@pytest.mark.parametrize("runner", ["ray", "local"])
+def test_ctrl_c_mid_job_exits_130_with_no_output_and_no_process_left(tmp_path, runner):
+    """Ctrl-C (SIGINT to the job's process group, as a terminal sends it) mid-job: exit status 130, one line
+    on stderr and no traceback, no output file, and none of the driver's processes left a few seconds later."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    tif, _ = write_scene(SceneSpec(4096, 4096, seed=98), tmp_path / "scene.tif")
+    out = tmp_path / "out.geojson"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", YOLO_OFFLINE="1")
+    driver = subprocess.Popen([str(Path(sys.executable).parent / "tiler"), "predict", str(tif), "--model", str(MODEL),
+                               "--out", str(out), "--patch-size", "320", "--batch-size", "1", "--threads", "1",
+                               "--runner", runner, "--no-progress"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own process group, as a shell gives a job
+    ours: set[psutil.Process] = set()
+    try:
+        # mid-job: Ray's workers run (ray::...), or the local job has loaded its model and is predicting
+        deadline = time.time() + 240
+        while time.time() < deadline and driver.poll() is None:
+            ours |= set(psutil.Process(driver.pid).children(recursive=True))
+            if runner == "local" or any(" ".join(_cmdline(p)).startswith("ray::") for p in ours):
+                break
+            time.sleep(0.5)
+        time.sleep(8)
+        assert driver.poll() is None, "the job ended before it could be interrupted"
+        ours |= set(psutil.Process(driver.pid).children(recursive=True))
+        os.killpg(driver.pid, signal.SIGINT)
+        _, stderr = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    deadline = time.time() + 30
+    alive = ours
+    while time.time() < deadline:
+        alive = {p for p in ours if _running(p)}
+        if not alive:
+            break
+        time.sleep(1)
+    leftover = [" ".join(_cmdline(p))[:80] for p in alive]
+    for p in alive:  # our own leftovers only, by PID
+        p.kill()
+    assert driver.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == "tiler: interrupted", stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert not leftover, leftover
+    assert not out.exists() and not list(tmp_path.glob("out*"))

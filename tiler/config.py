@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 from .merge import MATCH_METRICS, MERGE_METHODS, SORTERS
+from .model.backends import BACKENDS
 
 RUNNERS = ("auto", "local", "ray")
 MERGES = ("auto", *MERGE_METHODS)
@@ -129,6 +130,7 @@ class JobConfig:
     device: str = "auto"
     threads: int | None = None  # torch threads; default all cores
     half: bool = False
+    backend: str = "auto"  # the model file's own runtime (torch for .pt), or export a .pt to another (backends.py)
     # merge
     nms_threshold: float = 0.5
     match_metric: str = "ios"
@@ -201,6 +203,8 @@ class JobConfig:
         for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.backend != "auto" and self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.runner not in RUNNERS:
             raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|\d+", str(self.device)):

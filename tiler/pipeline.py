@@ -62,7 +62,8 @@ def start_job(cfg: JobConfig, stats: JobStats) -> tuple[RasterSource, WindowPlan
 def make_predictor(cfg: JobConfig) -> Predictor:
     return Predictor(cfg.model, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.model_imgsz, classes=cfg.classes,
                      max_det=cfg.max_det, device=cfg.device, threads=cfg.threads, half=cfg.half,
-                     simplify=cfg.simplify, largest_part=cfg.largest_part, keep_masks=cfg.keep_masks)
+                     simplify=cfg.simplify, largest_part=cfg.largest_part, keep_masks=cfg.keep_masks,
+                     backend=cfg.backend, batch=cfg.batch_size)
 
 
 def read_patches(source: RasterSource, cfg: JobConfig, origins: np.ndarray, window_ids: np.ndarray

@@ -154,3 +154,21 @@ def _segment_outputs(preds, img, orig_imgs, protos) -> list[SegmentOutput]:
                                  pred[:, 4].float().cpu().numpy(), pred[:, 6:].float().cpu().numpy(),
                                  proto.float().cpu().numpy(), tuple(img.shape[2:])))
     return out
+
+
+def export_metadata(path) -> dict:
+    """The metadata (task, names, imgsz, batch, ...) an Ultralytics export carries, read without loading it."""
+    from ultralytics.nn.backends.base import BaseBackend
+
+    import ast
+
+    meta = BaseBackend.read_metadata(path)
+    if not isinstance(meta, dict):
+        return {}
+    for k, v in meta.items():  # ONNX metadata holds every value as a string
+        if isinstance(v, str) and k in ("imgsz", "names", "args", "stride", "batch", "dynamic", "end2end"):
+            try:
+                meta[k] = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                pass
+    return meta

@@ -11,10 +11,11 @@ import shapely
 # Never reach for the network: a model is a local file or an error.
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # nor for packages: a missing runtime is an error
 
 from ..detections import Detections, Masks  # noqa: E402
 from ..errors import ModelError  # noqa: E402
-from . import _ultralytics  # noqa: E402
+from . import _ultralytics, backends  # noqa: E402
 from .masks import Letterbox, instance_masks, training_dilation  # noqa: E402
 
 TASKS = ("detect", "segment", "obb")
@@ -34,22 +35,33 @@ def resolve_device(device: str = "auto") -> str:
 
 
 def load_model(path: str | os.PathLike):
-    """An Ultralytics model from a local .pt file, with the model class its checkpoint needs: RT-DETR
-    checkpoints (found by their network class) load as `RTDETR`, FastSAM ones (by file name, as Ultralytics
-    itself decides) as `FastSAM`, everything else as `YOLO`. Never downloads: a missing file is an error.
-    A .pt file is a Python pickle: load only models you trust."""
+    """An Ultralytics model from a local file, never downloaded (a missing file is an error).
+
+    A `.pt` loads with the model class its checkpoint needs: RT-DETR checkpoints (found by their network
+    class) as `RTDETR`, FastSAM ones (by file name, as Ultralytics itself decides) as `YOLO`'s sibling
+    `FastSAM`, everything else as `YOLO`. An Ultralytics export (OpenVINO folder, .onnx, .engine, .torchscript)
+    loads as `YOLO` with the task its own metadata names. A .pt file is a Python pickle: load only models you
+    trust."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ModelError(f"model file not found: {path}")
-    if p.suffix.lower() != ".pt":
-        raise ModelError(f"model must be an Ultralytics PyTorch .pt file, got {path}")
+    fmt = backends.model_format(p)
     from ultralytics import RTDETR, YOLO, FastSAM
 
     try:
+        if fmt != "torch":
+            backends.check_runtime(fmt, "cuda" if fmt == "tensorrt" else "cpu")
+            task = _ultralytics.export_metadata(p).get("task")
+            if not task:
+                raise ModelError(f"model {path} has no Ultralytics metadata naming its task; export it with "
+                                 "Ultralytics (yolo export) or use the .pt")
+            return checked_model(YOLO(str(p), task=task), path)
         model = (FastSAM if "fastsam" in p.stem.lower() else YOLO)(str(p))
         if type(model.model).__name__ == "RTDETRDetectionModel" and not isinstance(model, RTDETR):
             model = RTDETR(str(p))
         model.names  # noqa: B018  (forces the weights to load now, not at the first batch)
+    except ModelError:
+        raise
     except Exception as exc:  # Ultralytics raises many types for a bad file; all mean "not a model"
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"cannot load model {path}: {msg}") from None
@@ -81,16 +93,23 @@ class Predictor:
     def __init__(self, model, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
                  classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
                  threads: int | None = None, half: bool = False, simplify: float = 0.0,
-                 largest_part: bool = False, keep_masks: bool = False, extra_args: dict | None = None):
-        # a path is loaded here; an Ultralytics model object (YOLO, RTDETR, FastSAM) is used as it is
-        is_path = isinstance(model, (str, os.PathLike))
-        self.model = load_model(model) if is_path else checked_model(model)
+                 largest_part: bool = False, keep_masks: bool = False, extra_args: dict | None = None,
+                 backend: str = "auto", batch: int = 16):
+        self.device = resolve_device(device)
+        # a path is loaded here (exported first when `backend` asks for another runtime than the file's);
+        # an Ultralytics model object (YOLO, RTDETR, FastSAM) is used as it is
+        if isinstance(model, (str, os.PathLike)):
+            model = load_model(self._model_file(model, backend, imgsz, batch, half))
+        self.model = checked_model(model)
+        # an export keeps its path as `model.model`; a .pt its torch module
+        self.backend = backends.model_format(self.model.model) \
+            if isinstance(self.model.model, (str, os.PathLike)) else "torch"
         self.task: str = self.model.task
-        self.names: dict[int, str] = dict(self.model.names)
-        if classes is not None:
-            unknown = [c for c in classes if c not in self.names]
-            if unknown:
-                raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
+        if self.backend != "torch":
+            fixed = _ultralytics.export_metadata(self.model.model).get("imgsz")
+            if fixed and tuple(fixed) != (imgsz, imgsz):
+                raise ModelError(f"model {self.model.model} was exported for {fixed[1]}x{fixed[0]} px input, but this "
+                                 f"job feeds the model {imgsz} px (set imgsz {fixed[0]}, or export it again)")
         _ultralytics.disable_nms_time_limit()
         _ultralytics.sparse_rotated_nms()
         self.device = resolve_device(device)
@@ -105,6 +124,24 @@ class Predictor:
         train_args = (self.model.ckpt or {}).get("train_args", {}) if isinstance(self.model.ckpt, dict) else {}
         self.mask_inset = training_dilation(train_args.get("mask_ratio")) if self.task == "segment" else 0.0
         self._ul = _ultralytics.setup_predictor(self.model, self.args)
+        self.names: dict[int, str] = dict(self._ul.model.names)
+        if classes is not None:
+            unknown = [c for c in classes if c not in self.names]
+            if unknown:
+                raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
+
+    def _model_file(self, path, backend: str, imgsz: int, batch: int, half: bool):
+        """The file to load: `path` itself, or its cached export when `backend` names another runtime."""
+        fmt = backends.model_format(path) if Path(path).exists() else "torch"
+        if backend in ("auto", fmt):
+            return path
+        if backend not in backends.BACKENDS:
+            raise ModelError(f"backend must be auto or one of {', '.join(backends.BACKENDS)}, got {backend!r}")
+        if fmt != "torch":
+            raise ModelError(f"model {path} is a {fmt} export; the {backend} backend exports from the .pt model")
+        if not Path(path).is_file():
+            raise ModelError(f"model file not found: {path}")
+        return backends.exported_model(path, backend, imgsz, batch, half and self.device != "cpu", self.device)
 
     def predict(self, patches: list[np.ndarray]) -> Detections:
         if not patches:

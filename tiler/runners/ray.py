@@ -227,12 +227,15 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
     source, window_plan = start_job(cfg, stats)
     source.close()  # the driver needs only its metadata from here on; workers open their own
     # the driver checks the model once, so a bad file is a one-line error, not a failed actor pool
-    from ..model import load_model
+    from ..model import backends, load_model
 
     t = time.perf_counter()
     probe = load_model(cfg.model)
     names, task = dict(probe.names), probe.task
     del probe
+    if cfg.backend in ("openvino", "onnx", "torchscript") and backends.model_format(cfg.model) == "torch":
+        # exported once here, under the cache's lock, so actors on this machine load it instead of each exporting
+        backends.exported_model(cfg.model, cfg.backend, cfg.model_imgsz, cfg.batch_size)
     stats.add_time("check_model", time.perf_counter() - t)
     t = time.perf_counter()
     embedded = _init_ray(cfg)

@@ -1,0 +1,161 @@
+"""Exported-model backends: real OpenVINO and ONNX Runtime exports of the project's models, against the .pt."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+
+from tiler.errors import ModelError
+from tiler.job import TileJob
+from tiler.model import Predictor, backends
+from tiler.synth import SceneSpec, write_scene
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "models"
+DOTA_MODEL = REPO.parent / "shared" / "models" / "yolov8n-obb.pt"
+P0706 = REPO.parent / "shared" / "data" / "dota" / "P0706.png"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One export cache for the module, so each model is exported once."""
+    path = tmp_path_factory.mktemp("export-cache")
+    old = os.environ.get("TILER_CACHE_DIR")
+    os.environ["TILER_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("TILER_CACHE_DIR", None)
+    else:
+        os.environ["TILER_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    tif, _ = write_scene(SceneSpec(1280, 1280, seed=21), tmp_path_factory.mktemp("scene") / "scene.tif")
+    return tif
+
+
+def run(scene, model, **kw):
+    return TileJob(scene, model, patch_size=320, overlap=0.25, progress=False, runner="local", **kw).run()
+
+
+def assert_same_objects(a, b, min_iou: float):
+    """Every detection of `a` has one of the same class in `b` overlapping it by `min_iou`, and counts agree."""
+    da, db = a.detections, b.detections
+    assert len(da) > 50
+    assert abs(len(da) - len(db)) <= max(2, 0.02 * len(da)), (len(da), len(db))
+    ga, gb = da.geometries(), db.geometries()
+    tree = shapely.STRtree(gb)
+    ia, ib = tree.query(ga, predicate="intersects")
+    iou = shapely.area(shapely.intersection(ga[ia], gb[ib])) / shapely.area(shapely.union(ga[ia], gb[ib]))
+    ok = (iou >= min_iou) & (da.class_id[ia] == db.class_id[ib])
+    matched = np.zeros(len(da), bool)
+    matched[ia[ok]] = True
+    assert matched.mean() >= 0.98, f"{(~matched).sum()} of {len(da)} detections have no twin"
+
+
+@pytest.mark.parametrize("task", ["obb", "detect", "segment"])
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_exported_backend_finds_the_same_objects_as_the_pt(cache, scene, task, backend):
+    ref = run(scene, MODELS / f"tiler-{task}.pt")
+    got = run(scene, MODELS / f"tiler-{task}.pt", backend=backend)
+    assert got.names == ref.names and got.task == ref.task
+    # the same network in another runtime: float sums in another order, so near-identical, not bitwise
+    assert_same_objects(ref, got, min_iou=0.9)
+    assert_same_objects(got, ref, min_iou=0.9)
+    exports = [json.loads(p.read_text()) for p in cache.glob(f"exports/tiler-{task}-*-{backend}-*/tiler-export.json")]
+    assert len(exports) == 1 and exports[0]["imgsz"] == 320 and exports[0]["batch"] == 16
+
+
+def test_export_is_cached_and_reused(cache, scene):
+    Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="openvino", batch=16)
+    folder, = (p for p in cache.glob("exports/tiler-obb-*-openvino-320px-b16-*") if p.is_dir())
+    stamp = (folder / "tiler-export.json").stat().st_mtime_ns
+    p = Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="openvino", batch=16)
+    assert p.backend == "openvino"
+    assert (folder / "tiler-export.json").stat().st_mtime_ns == stamp  # not exported again
+    # another batch size is another export (exports have a fixed batch)
+    Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="openvino", batch=4)
+    assert len([p for p in cache.glob("exports/tiler-obb-*-openvino-320px-*") if p.is_dir()]) == 2
+    assert not list(cache.glob("exports/.export-*"))  # no half-written export left behind
+
+
+def test_an_export_given_as_the_model_runs_with_the_task_from_its_metadata(cache, scene, tmp_path):
+    Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="openvino", batch=16)
+    folder, = (p for p in cache.glob("exports/tiler-obb-*-openvino-320px-b16-*") if p.is_dir())
+    # renamed so that nothing in the name says "obb": the task must come from the export's metadata
+    renamed = tmp_path / "survey_openvino_model"
+    shutil.copytree(folder / json.loads((folder / "tiler-export.json").read_text())["artifact"], renamed)
+    ref = run(scene, MODELS / "tiler-obb.pt", backend="openvino")
+    got = run(scene, renamed)
+    assert got.task == "obb" and got.names == ref.names
+    assert np.array_equal(got.detections.coords, ref.detections.coords)
+    with pytest.raises(ModelError, match="exported for 320x320 px input.*640 px"):
+        Predictor(renamed, imgsz=640)
+    with pytest.raises(ModelError, match="openvino export; the onnx backend exports from the .pt"):
+        Predictor(renamed, imgsz=320, backend="onnx")
+
+
+def test_bad_backend_requests_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelError, match="tensorrt backend needs an NVIDIA GPU"):
+        Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="tensorrt", device="cpu")
+    weird = tmp_path / "model.h5"
+    weird.write_bytes(b"x")
+    with pytest.raises(ModelError, match="unsupported model format .h5"):
+        Predictor(weird)
+    fake = tmp_path / "model.onnx"
+    fake.write_bytes(b"not onnx")
+    with pytest.raises(ModelError, match="no Ultralytics metadata"):
+        Predictor(fake)
+    for name in ("empty_openvino_model", "weights"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(ModelError, match="not an Ultralytics OpenVINO export"):
+            Predictor(tmp_path / name)
+
+
+def test_cli_backend_option_and_bad_value(cache, scene, tmp_path):
+    env = {**os.environ, "TILER_CACHE_DIR": str(cache)}
+    out = tmp_path / "out.geojson"
+    r = subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(scene), "--model",
+                        str(MODELS / "tiler-obb.pt"), "--patch-size", "320", "--backend", "onnx", "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(out.read_text())["features"]) > 50
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(scene), "--model",
+                        str(MODELS / "tiler-obb.pt"), "--backend", "tflite", "--out", str(tmp_path / "x.geojson")],
+                       capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "backend must be auto or one of torch, openvino" in r.stderr
+    assert not (tmp_path / "x.geojson").exists()
+
+
+def test_model_format_names():
+    assert backends.model_format(MODELS / "tiler-obb.pt") == "torch"
+    with pytest.raises(ModelError, match="unsupported model format"):
+        backends.model_format("model.tflite")
+
+
+@pytest.mark.skipif(not DOTA_MODEL.exists() or not P0706.exists(), reason="../shared absent")
+def test_dota_ship_f1_of_openvino_within_half_a_point_of_the_pt(cache):
+    from tiler.evaluate import match, read_dota_labels
+
+    names, truth, _ = read_dota_labels(P0706.with_suffix(".txt"))
+    f1 = {}
+    for backend in ("auto", "openvino"):
+        result = TileJob(P0706, DOTA_MODEL, patch_size=640, overlap=0.25, progress=False, runner="local",
+                         backend=backend).run()
+        d = result.detections
+        ship = d.class_id == next(k for k, v in result.names.items() if v == "ship")
+        s = match(d.geometries()[ship], d.score[ship], truth[names == "ship"], iou_threshold=0.3)
+        f1[backend] = 2 * s.precision * s.recall / (s.precision + s.recall)
+    assert f1["auto"] > 0.9
+    assert abs(f1["openvino"] - f1["auto"]) <= 0.005, f1

@@ -1,0 +1,131 @@
+"""Model formats and inference backends: a `.pt` runs on torch; Ultralytics exports (OpenVINO folder, ONNX,
+TensorRT engine, TorchScript) run on their own runtime through Ultralytics' AutoBackend.
+
+`--backend openvino|onnx|tensorrt|torchscript` with a `.pt` model exports it once into a cache keyed by the
+model's hash, input size, batch and precision, then reuses the export (every later job, every Ray actor on
+the same machine). Exports have a fixed input size and batch: the job's, with a short last batch padded by
+Ultralytics. Nothing is ever downloaded: a runtime that is not installed is a one-line error.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from ..errors import ModelError
+
+BACKENDS = ("torch", "openvino", "onnx", "tensorrt", "torchscript")
+# Ultralytics' export format name for each backend
+_EXPORT_FORMAT = {"openvino": "openvino", "onnx": "onnx", "tensorrt": "engine", "torchscript": "torchscript"}
+# the module each runtime needs, and how to get it
+_RUNTIME = {"openvino": ("openvino", "pip install openvino"),
+            "onnx": ("onnxruntime", "pip install onnx onnxruntime onnxslim"),
+            "tensorrt": ("tensorrt", "pip install tensorrt (needs an NVIDIA GPU with CUDA)")}
+
+
+def model_format(path: str | os.PathLike) -> str:
+    """The backend a model file or folder runs on, from its name (as Ultralytics decides): `.pt` torch,
+    `*_openvino_model/` openvino, `.onnx` onnx, `.engine` tensorrt, `.torchscript` torchscript."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if p.is_dir():
+        if p.name.endswith("_openvino_model") and any(p.glob("*.xml")):
+            return "openvino"
+        raise ModelError(f"model folder {path} is not an Ultralytics OpenVINO export (a folder named "
+                         "*_openvino_model holding the .xml model, as Ultralytics writes it)")
+    formats = {".pt": "torch", ".onnx": "onnx", ".engine": "tensorrt", ".torchscript": "torchscript"}
+    if suffix not in formats:
+        raise ModelError(f"unsupported model format {suffix or '(none)'} for {path}: expected an Ultralytics .pt, "
+                         "an OpenVINO export folder, .onnx, .engine or .torchscript")
+    return formats[suffix]
+
+
+def check_runtime(backend: str, device: str = "cpu") -> None:
+    """A one-line error when `backend`'s runtime is missing here (Ultralytics would try to pip-install it)."""
+    if backend == "tensorrt" and not device.startswith("cuda"):
+        raise ModelError("the tensorrt backend needs an NVIDIA GPU with CUDA; this job runs on the CPU "
+                         "(use --backend openvino or torch)")
+    module, hint = _RUNTIME.get(backend, (None, ""))
+    if module and importlib.util.find_spec(module) is None:
+        raise ModelError(f"the {backend} backend needs {module}, which is not installed ({hint})")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where exports are kept: $TILER_CACHE_DIR, else $XDG_CACHE_HOME/tiler, else ~/.cache/tiler."""
+    root = os.environ.get("TILER_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiler"
+    return Path(root) / "exports"
+
+
+def exported_model(pt_path: str | os.PathLike, backend: str, imgsz: int, batch: int, half: bool = False,
+                   device: str = "cpu") -> Path:
+    """The `backend` export of the .pt model at `pt_path` for this input size, batch and precision: from the
+    cache when it is there, else exported now (under a lock, into a temporary folder renamed into place, so
+    concurrent jobs and actors never see a half-written export)."""
+    if backend not in _EXPORT_FORMAT:
+        raise ModelError(f"cannot export to backend {backend!r}; choose one of {', '.join(_EXPORT_FORMAT)}")
+    check_runtime(backend, device)
+    import ultralytics
+
+    pt = Path(pt_path)
+    key = f"{pt.stem}-{file_sha256(pt)[:16]}-{backend}-{imgsz}px-b{batch}{'-fp16' if half else ''}" \
+          f"-ul{ultralytics.__version__}"
+    root = cache_dir()
+    target = root / key
+    if (target / "tiler-export.json").is_file():
+        return _artifact(target)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"cannot create the model export cache {root}: {exc.strerror}") from None
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one export per key at a time; the others wait and then reuse it
+        if not (target / "tiler-export.json").is_file():
+            _export(pt, backend, imgsz, batch, half, device, target)
+    return _artifact(target)
+
+
+def _export(pt: Path, backend: str, imgsz: int, batch: int, half: bool, device: str, target: Path) -> None:
+    from ultralytics import YOLO
+
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        # Ultralytics writes an export beside its source file, so the source is copied into the work folder
+        src = work / pt.name
+        shutil.copyfile(pt, src)
+        try:
+            with warnings.catch_warnings():
+                # torch's deprecations of the tracing exporters Ultralytics uses; nothing a tiler user can act on
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                out = YOLO(str(src)).export(format=_EXPORT_FORMAT[backend], imgsz=imgsz, batch=batch, half=half,
+                                            dynamic=False, device=device, verbose=False)
+        except Exception as exc:  # Ultralytics raises many types; the first line names the problem
+            msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelError(f"cannot export {pt.name} to {backend}: {msg}") from None
+        src.unlink()
+        (work / "tiler-export.json").write_text(json.dumps(
+            {"source": str(pt), "backend": backend, "imgsz": imgsz, "batch": batch, "half": half,
+             "artifact": Path(out).name}, indent=1))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _artifact(folder: Path) -> Path:
+    return folder / json.loads((folder / "tiler-export.json").read_text())["artifact"]
