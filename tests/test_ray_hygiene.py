@@ -106,7 +106,10 @@ def test_ctrl_c_mid_job_exits_130_with_no_output_and_no_process_left(tmp_path, r
                                "--out", str(out), "--patch-size", "320", "--batch-size", "1", "--threads", "1",
                                "--runner", runner, "--no-progress"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)  # its own process group, as a shell gives a job
+                              start_new_session=True,  # its own process group, as a shell gives a job
+                              # and SIGINT handled as in a terminal: a test run started in the background
+                              # (`cmd &` in a script) inherits SIGINT ignored, and exec keeps that
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ours: set[psutil.Process] = set()
     try:
         # mid-job: Ray's workers run (ray::...), or the local job has loaded its model and is predicting

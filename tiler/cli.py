@@ -26,7 +26,16 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    "(source, model, out, patch_size, overlap, …)")
     p.add_argument("--model", help="local Ultralytics model, never downloaded: a .pt, or an export (OpenVINO folder, "
                    ".onnx, .engine, .torchscript)")
-    p.add_argument("--out", help="output file: .geojson, or .geojsonl for GeoJSON text sequences")
+    p.add_argument("--out", help="output file, format by suffix: .geojson, .geojsonl (GeoJSON text sequence), "
+                   ".gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet (GeoParquet 1.1)")
+    p.add_argument("--crs", metavar="auto|native|wgs84|EPSG:N",
+                   help="output CRS: auto (default): EPSG:4326 for GeoJSON (its RFC), the raster's own CRS for "
+                        "the other formats (exact, no reprojection); native; wgs84; or any EPSG code")
+    p.add_argument("--no-provenance", action="store_true",
+                   help="leave out the per-feature provenance (source, window, model, model_sha256, tiler_version)")
+    p.add_argument("--report", metavar="REPORT.json",
+                   help="write a run report: windows, detections per class, seconds per stage, runner, backend, "
+                        "the full configuration, input and model checksums")
     p.add_argument("--patch-size", metavar="N|WxH",
                    help="patch size in raster pixels, square N or WxH (default 640); patches are never resized")
     p.add_argument("--overlap", metavar="F|FX,FY",
@@ -137,7 +146,8 @@ def load_job_spec(path: str | os.PathLike) -> dict:
 _CLI_TO_CONFIG = ("model", "out", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
                   "nms_threshold", "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part",
                   "bands", "batch_size", "backend", "device",
-                  "threads", "gdal_cache_mb", "runner", "address", "workers", "gpus_per_worker", "cpus_per_worker")
+                  "threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
+                  "cpus_per_worker")
 
 
 def predict_config(args) -> JobConfig:
@@ -147,6 +157,8 @@ def predict_config(args) -> JobConfig:
     values.update({k: getattr(args, k) for k in _CLI_TO_CONFIG if getattr(args, k) is not None})
     if args.no_progress:
         values["progress"] = False
+    if args.no_provenance:
+        values["provenance"] = False
     for name in ("source", "model", "out"):
         if not values.get(name):
             flag = "INPUT" if name == "source" else f"--{name}"

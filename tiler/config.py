@@ -109,6 +109,24 @@ def auto_batch_size(imgsz: int) -> int:
     return max(1, min(64, BATCH_PIXELS // (imgsz * imgsz)))
 
 
+def parse_crs(value) -> str:
+    """auto, native, wgs84, or a CRS pyproj understands (normalised to its EPSG code where it has one)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"crs must be auto, native, wgs84 or a CRS such as EPSG:32633, got {value!r}")
+    v = value.strip()
+    if v.lower() in ("auto", "native", "wgs84"):
+        return v.lower()
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        crs = CRS.from_user_input(v)
+    except CRSError:
+        raise ConfigError(f"crs must be auto, native, wgs84 or a CRS such as EPSG:32633, got {value!r}") from None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else v
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Every parameter of a tiling job. Construct it, and it is valid or raises ConfigError."""
@@ -145,6 +163,9 @@ class JobConfig:
     # I/O
     gdal_cache_mb: int | None = None  # default: sized to the raster (see RasterSource.block_cache_bytes)
     progress: bool = True
+    crs: str = "auto"  # output CRS: auto (GeoJSON: WGS84; other formats: the raster's own), native, wgs84, EPSG:xxxx
+    provenance: bool = True  # source, window, model, model_sha256, tiler_version on every feature
+    report: str | None = None  # run report (JSON) path
     # execution
     runner: str = "auto"
     address: str | None = None
@@ -162,6 +183,9 @@ class JobConfig:
         set_("model", os.fspath(self.model))
         if self.out is not None:
             set_("out", os.fspath(self.out))
+        if self.report is not None:
+            set_("report", os.fspath(self.report))
+        set_("crs", parse_crs(self.crs))
         set_("patch_size", parse_size(self.patch_size))
         set_("overlap", parse_overlap(self.overlap))
         set_("bands", parse_int_list(self.bands, "bands"))
@@ -200,7 +224,7 @@ class JobConfig:
         if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not 0 <= v <= 10:
             raise ConfigError(f"simplify must be a tolerance in pixels between 0 and 10, got {v!r}")
         set_("simplify", float(v))
-        for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress"):
+        for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress", "provenance"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.backend != "auto" and self.backend not in BACKENDS:

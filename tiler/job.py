@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from .config import JobConfig
 from .result import JobResult
-from .writers import check_output_path
+from .writers import check_output_path, check_writable
 
 
 class TileJob:
@@ -24,7 +24,9 @@ class TileJob:
         self.config = params.pop("config", None) or JobConfig.from_mapping({"source": source, "model": model,
                                                                             **params})
         if self.config.out:
-            check_output_path(self.config.out)
+            check_output_path(self.config.out, self.config.crs)
+        if self.config.report:
+            check_writable(self.config.report)
 
     @classmethod
     def from_config(cls, config: JobConfig) -> "TileJob":
@@ -43,6 +45,8 @@ class TileJob:
             result = run_local(cfg, on_progress)
         if cfg.out:
             result.to_file(cfg.out)
+        if cfg.report:
+            result.write_report(cfg.report)
         return result
 
     def runner_name(self) -> str:

@@ -52,6 +52,14 @@ def start_job(cfg: JobConfig, stats: JobStats) -> tuple[RasterSource, WindowPlan
     """Open the source and plan its windows (the driver's share of every runner), recording both in stats."""
     t = time.perf_counter()
     source = open_source(cfg)
+    if cfg.out:  # a CRS the output cannot have is found now, not after the job
+        from .writers import output_crs, output_format
+
+        try:
+            output_crs(output_format(cfg.out), cfg.crs, source.crs if source.georeferenced else None)
+        except Exception:
+            source.close()
+            raise
     with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
         window_plan = plan(cfg, source)
     stats.add_time("plan", time.perf_counter() - t)
@@ -160,6 +168,11 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
                                       on_seam=on_seam, masks=masks, boxes=boxes), best
 
 
+def _per_class(dets: Detections, names: dict[int, str]) -> dict[str, int]:
+    ids, counts = np.unique(dets.class_id, return_counts=True)
+    return {names.get(int(i), str(int(i))): int(c) for i, c in zip(ids, counts)}
+
+
 def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window_grid: WindowGrid,
            names: dict[int, str], task: str, stats: JobStats) -> JobResult:
     """Merge every batch's detections into the job's result. Batches are put in window order first:
@@ -170,6 +183,8 @@ def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window
     merged = merge(cfg, raw, task, window_grid.clipped_bounds())
     stats.add_time("merge", time.perf_counter() - t)
     stats.raw_detections, stats.kept_detections = len(raw), len(merged)
+    stats.raw_per_class = _per_class(raw, names)
+    stats.kept_per_class = _per_class(merged, names)
     georef = source.georeferenced
     return JobResult(merged, names, task, source.transform if georef else None, source.crs if georef else None,
                      stats, cfg)

@@ -27,6 +27,9 @@ class JobStats:
     seconds: dict[str, float] = field(default_factory=dict)
     workers: int = 0
     actor_restarts: int = 0
+    backend: str = "torch"
+    raw_per_class: dict[str, int] = field(default_factory=dict)
+    kept_per_class: dict[str, int] = field(default_factory=dict)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
@@ -46,6 +49,7 @@ class JobResult:
     crs: object
     stats: JobStats
     config: JobConfig
+    _provenance: dict | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -58,14 +62,78 @@ class JobResult:
         ids, counts = np.unique(self.detections.class_id, return_counts=True)
         return {self.names.get(int(i), str(int(i))): int(c) for i, c in zip(ids, counts)}
 
-    def to_file(self, path: str | os.PathLike) -> Path:
-        """Write GeoJSON (or GeoJSONSeq by suffix) atomically."""
+    def provenance(self) -> dict:
+        """What every feature records of where it came from (its window is per feature)."""
+        if self._provenance is None:
+            from . import __version__
+            from .model.backends import model_digest
+
+            src = self.config.source
+            src = os.path.abspath(src) if os.path.exists(src) else src  # a local file by its full path; URIs as given
+            self._provenance = {"source": src, "model": os.path.basename(self.config.model.rstrip("/")),
+                                "model_sha256": model_digest(self.config.model)[:12], "tiler_version": __version__}
+        return self._provenance
+
+    def to_file(self, path: str | os.PathLike, crs: str | None = None, provenance: bool | None = None) -> Path:
+        """Write the features atomically, the format from the suffix (.geojson, .geojsonl, .gpkg, .fgb, .parquet).
+        `crs` (default: the job's, auto): auto (GeoJSON: WGS84, others: the raster's own), native, wgs84, or
+        EPSG:xxxx; `provenance` (default: the job's, on) adds source, window, model, model_sha256, tiler_version."""
+        from .config import parse_crs
+
         meta = {"source": os.path.basename(self.config.source), "model": os.path.basename(self.config.model),
                 "task": self.task, "patch_size": list(self.config.patch_size), "overlap": list(self.config.overlap)}
         t = time.perf_counter()
-        out = write_detections(path, self.detections, self.names, self.georeferencer, meta)
+        out = write_detections(path, self.detections, self.names, self.georeferencer, meta,
+                               crs=parse_crs(crs if crs is not None else self.config.crs),
+                               provenance=self.provenance() if self._wants_provenance(provenance) else None)
         self.stats.add_time("write", time.perf_counter() - t)
         return out
+
+    def to_arrow(self, crs: str = "native", provenance: bool | None = None):
+        """A pyarrow Table, one row per feature: attributes, provenance, and `geometry` as WKB in `crs`
+        (native: the raster's own, the default; wgs84; EPSG:xxxx; pixel coordinates without georeferencing).
+        The CRS is in the table's `geo` metadata (GeoParquet), as PROJJSON."""
+        import json
+
+        from .config import parse_crs
+        from .writers import FeatureSet, output_crs
+        from .writers.arrow import feature_table
+        from .writers.geoparquet import geo_metadata
+
+        geo = self.georeferencer
+        fs = FeatureSet.build(self.detections, self.names, geo,
+                              output_crs("geoparquet", parse_crs(crs), geo.crs if geo is not None else None),
+                              self.provenance() if self._wants_provenance(provenance) else None)
+        geoms = fs.geometries()
+        table = feature_table(fs, geoms)
+        return table.replace_schema_metadata({b"geo": json.dumps(geo_metadata(fs, geoms)).encode()})
+
+    def _wants_provenance(self, provenance: bool | None) -> bool:
+        return self.config.provenance if provenance is None else bool(provenance)
+
+    def write_report(self, path: str | os.PathLike) -> Path:
+        """The run report, as JSON, written atomically: see `report()`."""
+        import json
+
+        from .writers import atomic_text, check_writable
+
+        check_writable(path)
+        with atomic_text(path) as f:
+            json.dump(self.report(), f, indent=1)
+        return Path(path)
+
+    def report(self) -> dict:
+        """Everything about the run: windows planned/skipped/run, raw and kept detections per class, seconds per
+        stage, runner, backend, workers and restarts, the full job configuration, input and model checksums
+        (SHA-256 of local files; None for remote URIs), tiler version."""
+        from . import __version__
+        from .model.backends import model_digest
+
+        return {"tiler_version": __version__, "task": self.task, "classes": {str(k): v for k, v in self.names.items()},
+                "stats": self.stats.to_dict(), "config": self.config.to_dict(),
+                "input_sha256": _local_sha256(self.config.source), "model_sha256": model_digest(self.config.model),
+                "georeferenced": self.georeferencer is not None,
+                "crs": self.georeferencer.crs.to_string() if self.georeferencer is not None else None}
 
     def quicklook(self, path: str | os.PathLike, raster: str | os.PathLike | None = None, max_size: int = 4096,
                   window=None) -> Path:
@@ -78,26 +146,22 @@ class JobResult:
         return write_quicklook(path, raster if raster is not None else self.config.source, self.detections,
                                max_size, window, bands)
 
-    def to_geodataframe(self):
-        """A geopandas GeoDataFrame (EPSG:4326, or no CRS for pixel-space images). Needs geopandas."""
+    def to_geodataframe(self, crs: str = "wgs84", provenance: bool | None = None):
+        """A geopandas GeoDataFrame (`crs`: wgs84 by default, native, EPSG:xxxx; no CRS for pixel-space images),
+        with the same columns as `to_arrow()`. Needs geopandas."""
         try:
             import geopandas as gpd
         except ImportError:
             raise ImportError("to_geodataframe() needs geopandas: pip install 'tiler[geo]'") from None
 
-        dets = self.detections
-        geo = self.georeferencer
-        if geo is not None:
-            from .georef import global_lonlat
+        import json
 
-            geoms = dets.with_coords(global_lonlat(dets, geo)).geometries()
-        else:
-            geoms = dets.geometries()
-        b = dets.bounds()
-        return gpd.GeoDataFrame(
-            {"class_id": dets.class_id, "class_name": [self.names.get(int(c), str(c)) for c in dets.class_id],
-             "score": dets.score, "x0": b[:, 0], "y0": b[:, 1], "x1": b[:, 2], "y1": b[:, 3]},
-            geometry=list(geoms), crs="EPSG:4326" if geo is not None else None)
+        import shapely
+
+        table = self.to_arrow(crs, provenance)
+        geo = json.loads(table.schema.metadata[b"geo"])["columns"]["geometry"]
+        geoms = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False)) if len(table) else []
+        return gpd.GeoDataFrame(table.drop(["geometry"]).to_pandas(), geometry=list(geoms), crs=geo["crs"])
 
     def summary(self) -> str:
         s = self.stats
@@ -105,3 +169,10 @@ class JobResult:
         return (f"{len(self)} objects ({classes or 'none'}) from {s.raw_detections} raw detections; "
                 f"{s.windows_run}/{s.windows_planned} windows run, {s.windows_skipped + s.windows_empty} nodata "
                 f"skipped; {s.seconds.get('total', 0):.1f} s ({s.runner})")
+
+
+def _local_sha256(uri: str) -> str | None:
+    """SHA-256 of a local file (read in chunks); None for a GDAL URI or anything that is not a plain file."""
+    from .model.backends import file_sha256
+
+    return file_sha256(uri) if os.path.isfile(uri) else None

@@ -65,6 +65,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def model_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a model: of its file, or, for an export folder, of its files' names and contents in order."""
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p)
+    h = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file()):
+        h.update(f.relative_to(p).as_posix().encode() + b"\0" + file_sha256(f).encode())
+    return h.hexdigest()
+
+
 def cache_dir() -> Path:
     """Where exports are kept: $TILER_CACHE_DIR, else $XDG_CACHE_HOME/tiler, else ~/.cache/tiler."""
     root = os.environ.get("TILER_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiler"

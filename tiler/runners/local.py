@@ -24,6 +24,7 @@ def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = N
     with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
         t = time.perf_counter()
         predictor = make_predictor(cfg)
+        stats.backend, stats.workers = predictor.backend, 1
         stats.add_time("load_model", time.perf_counter() - t)
         n = len(window_plan.window_ids)
         starts = list(range(0, n, cfg.batch_size))

@@ -233,6 +233,7 @@ def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = Non
     probe = load_model(cfg.model)
     names, task = dict(probe.names), probe.task
     del probe
+    stats.backend = backends.model_format(cfg.model) if cfg.backend == "auto" else cfg.backend
     if cfg.backend in ("openvino", "onnx", "torchscript") and backends.model_format(cfg.model) == "torch":
         # exported once here, under the cache's lock, so actors on this machine load it instead of each exporting
         backends.exported_model(cfg.model, cfg.backend, cfg.model_imgsz, cfg.batch_size)
