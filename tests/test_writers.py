@@ -162,7 +162,7 @@ def test_nan_coordinate_fails_without_leaving_a_file(tmp_path):
     dets = make_dets()
     dets.coords[dets.offsets[2] + 1, 1] = np.nan  # the last feature is written last: the file is half done
     out = tmp_path / "dets.geojson"
-    with pytest.raises(ValueError):
+    with pytest.raises(OutputError, match="1 detection.*non-finite coordinates"):
         write_detections(out, dets, NAMES, None)
     assert os.listdir(tmp_path) == []
 

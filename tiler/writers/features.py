@@ -14,6 +14,7 @@ import numpy as np
 import shapely
 
 from ..detections import Detections
+from ..errors import OutputError
 from ..geometry import polygonal_parts
 from ..georef import Georeferencer, oriented
 
@@ -46,7 +47,13 @@ class FeatureSet:
 
                 x, y = Transformer.from_crs(geo.crs, crs, always_xy=True).transform(xy[:, 0], xy[:, 1])
                 xy = np.column_stack([x, y])
-        fs = cls(dets, names, oriented(dets, np.asarray(xy, dtype=np.float64)), crs, provenance)
+        xy = np.asarray(xy, dtype=np.float64)
+        finite = np.isfinite(xy).all(axis=1)
+        if not finite.all():  # (GeoJSON has no NaN; GIS formats would store a broken geometry)
+            bad = np.unique(dets.owner()[~finite])
+            raise OutputError(f"{len(bad)} detection(s) have non-finite coordinates (first: #{bad[0]}); "
+                              "nothing was written")
+        fs = cls(dets, names, oriented(dets, xy), crs, provenance)
         if crs is not None and crs.is_geographic and len(dets):
             fs._split_antimeridian()
         return fs

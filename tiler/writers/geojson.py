@@ -8,7 +8,6 @@ member.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +17,7 @@ import shapely
 from ..detections import Rings
 from ..geometry import polygonal_parts
 from ..georef import DECIMALS_LONLAT, DECIMALS_PIXEL
-from .base import PIXEL_SPACE_NOTE, atomic_text
+from .base import PIXEL_SPACE_NOTE, atomic_path
 from .features import FeatureSet
 
 
@@ -96,12 +95,15 @@ def _ring_geometries(flat: list, rings: Rings) -> Iterator[dict]:
 
 
 def write_geojson(path: Path, fs: FeatureSet, seq: bool = False, meta: dict | None = None) -> Path:
-    """Write `fs` as a GeoJSON FeatureCollection, or a GeoJSON text sequence with `seq`, atomically."""
-    dumps = lambda obj: json.dumps(obj, separators=(",", ":"), allow_nan=False)  # noqa: E731
-    with atomic_text(path) as f:
+    """Write `fs` as a GeoJSON FeatureCollection, or a GeoJSON text sequence with `seq`, atomically.
+    orjson encodes each feature (~20x faster than the json module); coordinates were checked finite."""
+    import orjson
+
+    dumps = orjson.dumps
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if seq:
             for feat in _features(fs):
-                f.write("\x1e" + dumps(feat) + "\n")  # RFC 8142 record separator
+                f.write(b"\x1e" + dumps(feat) + b"\n")  # RFC 8142 record separator
             return path
         head = {"type": "FeatureCollection"}
         if fs.crs is None:
@@ -109,8 +111,8 @@ def write_geojson(path: Path, fs: FeatureSet, seq: bool = False, meta: dict | No
             head["coordinate_space_note"] = PIXEL_SPACE_NOTE
         if meta:
             head["tiler"] = meta
-        f.write(dumps(head)[:-1] + ',"features":[')
+        f.write(dumps(head)[:-1] + b',"features":[')
         for k, feat in enumerate(_features(fs)):
-            f.write(("\n" if k == 0 else ",\n") + dumps(feat))
-        f.write("\n]}\n")
+            f.write((b"\n" if k == 0 else b",\n") + dumps(feat))
+        f.write(b"\n]}\n")
     return path
