@@ -189,17 +189,22 @@ def test_interrupted_while_writing_leaves_no_file(job, tmp_path, monkeypatch, su
     """Ctrl-C arrives after the writer has put real bytes in its temporary file: nothing is left."""
     import pyarrow.parquet
 
-    from tiler.writers import geojson
+    def interrupt_after(real, calls=1):
+        count = [0]
 
-    def interrupt_after(real):
         def call(*args, **kwargs):
-            real(*args, **kwargs)
-            raise KeyboardInterrupt
+            out = real(*args, **kwargs)
+            count[0] += 1
+            if count[0] >= calls:
+                raise KeyboardInterrupt
+            return out
         return call
+
+    import orjson
 
     monkeypatch.setattr(pyogrio, "write_arrow", interrupt_after(pyogrio.write_arrow))
     monkeypatch.setattr(pyarrow.parquet, "write_table", interrupt_after(pyarrow.parquet.write_table))
-    monkeypatch.setattr(geojson, "_closed", interrupt_after(geojson._closed))
+    monkeypatch.setattr(orjson, "dumps", interrupt_after(orjson.dumps, calls=20))  # mid-way through the features
     with pytest.raises(KeyboardInterrupt):
         job.to_file(tmp_path / f"out{suffix}")
     assert list(tmp_path.iterdir()) == []
@@ -226,3 +231,31 @@ def test_features_crossing_the_antimeridian_are_split(tmp_path):
             lons = [shapely.get_coordinates(p)[:, 0] for p in geom.geoms]
             assert any((lon > 179).all() for lon in lons) and any((lon < -179).all() for lon in lons)
         assert g.geometry.is_valid.all()
+
+
+def test_numpy_wkb_of_quadrilaterals_equals_shapely_and_odd_ones_are_repaired():
+    """Detect/OBB outputs skip shapely: their WKB, bounds and validity must be exactly what shapely gives;
+    a self-intersecting quadrilateral (a bow-tie) leaves that path and comes out valid."""
+    from tiler.detections import Detections
+    from tiler.writers import FeatureSet
+    from tiler.writers.arrow import _quads_fast, encode_geometries
+
+    rng = np.random.default_rng(5)
+    c = rng.uniform(0, 1000, (500, 1, 2))
+    quads = c + np.array([[0, 0], [10, 1], [11, 9], [1, 8]]) * rng.uniform(0.5, 3, (500, 1, 1))
+    dets = Detections.from_polygons(quads, rng.integers(0, 3, 500), rng.uniform(0, 1, 500), window=0)
+    fs = FeatureSet.build(dets, {0: "a", 1: "b", 2: "c"}, None, None)
+    fast = _quads_fast(fs)
+    assert fast is not None and fast.types == ["Polygon"]
+    geoms = fs.geometries()
+    assert fast.wkb.to_pylist() == list(shapely.to_wkb(geoms))
+    assert np.array_equal(fast.bounds, shapely.bounds(geoms))
+    bowtie = quads.copy()
+    bowtie[7] = [[0, 0], [10, 10], [10, 0], [0, 10]]
+    fs = FeatureSet.build(Detections.from_polygons(bowtie, np.zeros(500, int), np.ones(500), window=0),
+                          {0: "a"}, None, None)
+    assert _quads_fast(fs) is None
+    enc = encode_geometries(fs)
+    out = shapely.from_wkb(enc.wkb.to_numpy(zero_copy_only=False))
+    assert shapely.is_valid(out).all() and not shapely.is_empty(out).any()
+    assert enc.types == ["MultiPolygon"]  # the bow-tie became two triangles, so the layer is MultiPolygon

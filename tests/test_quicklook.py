@@ -162,6 +162,27 @@ def test_pixel_sequence_truth_with_crs_and_lonlat_agree(scene, tmp_path):
     assert is_class_color(pixel).sum() > 3 * len(scene.polys)
 
 
+@pytest.mark.parametrize("suffix, crs", [(".gpkg", "auto"), (".fgb", "EPSG:3857"), (".parquet", "wgs84"),
+                                         (".parquet", "pixel")])
+def test_gis_formats_draw_the_same_outlines_as_the_geojson(scene, tmp_path, suffix, crs):
+    """GeoPackage, FlatGeobuf and GeoParquet outputs, in the raster's CRS, another one, lon/lat or pixels
+    (no CRS, on an unreferenced copy of the raster), draw what the lon/lat GeoJSON draws."""
+    spec = SceneSpec(SIZE, SIZE, seed=24)
+    dets = Detections.from_geometries(scene.polys, scene.classes, np.ones(len(scene.classes)), 0)
+    names = dict(enumerate(CLASS_NAMES))
+    raster = scene.tif
+    if crs == "pixel":
+        path = write_detections(tmp_path / f"t{suffix}", dets, names, None)
+        raster = tmp_path / "scene.png"
+        cv2.imwrite(str(raster), scene.rgb[..., ::-1])
+    else:
+        path = write_detections(tmp_path / f"t{suffix}", dets, names, Georeferencer(spec.transform, spec.crs), crs=crs)
+    ref = quicklook(scene.lonlat, "--raster", scene.tif, "--out", tmp_path / "a.png", "--max-size", 512)
+    got = quicklook(path, "--raster", raster, "--out", tmp_path / "b.png", "--max-size", 512)
+    assert (ref == got).all(axis=-1).mean() > 0.999
+    assert is_class_color(got).sum() > 3 * len(scene.polys)
+
+
 def test_installed_entry_point(scene, tmp_path):
     exe = Path(sys.executable).with_name("tiler")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "tiler.cli"]

@@ -54,7 +54,17 @@ def test_driver_killed_mid_job_leaves_no_ray_process_behind(tmp_path):
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    deadline = time.time() + 30
+    leftover = _reap_leftovers(ours)
+    assert not leftover, leftover
+    assert not out.exists()
+
+
+def _reap_leftovers(ours, seconds: float = 30) -> list[str]:
+    """The command lines of `ours` still running after `seconds`; those are then killed, by PID (our own
+    leftovers only), so that a failure does not leak them into later tests."""
+    import time
+
+    deadline = time.time() + seconds
     alive = ours
     while time.time() < deadline:
         alive = {p for p in ours if _running(p)}
@@ -62,10 +72,9 @@ def test_driver_killed_mid_job_leaves_no_ray_process_behind(tmp_path):
             break
         time.sleep(1)
     leftover = [" ".join(_cmdline(p))[:80] for p in alive]
-    for p in alive:  # our own leftovers only, by PID, so that a failure does not leak them into later tests
+    for p in alive:
         p.kill()
-    assert not leftover, leftover
-    assert not out.exists()
+    return leftover
 
 
 def _running(p) -> bool:
@@ -128,16 +137,7 @@ def test_ctrl_c_mid_job_exits_130_with_no_output_and_no_process_left(tmp_path, r
         if driver.poll() is None:
             driver.kill()
             driver.wait()
-    deadline = time.time() + 30
-    alive = ours
-    while time.time() < deadline:
-        alive = {p for p in ours if _running(p)}
-        if not alive:
-            break
-        time.sleep(1)
-    leftover = [" ".join(_cmdline(p))[:80] for p in alive]
-    for p in alive:  # our own leftovers only, by PID
-        p.kill()
+    leftover = _reap_leftovers(ours)
     assert driver.returncode == 130, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == "tiler: interrupted", stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]

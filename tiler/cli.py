@@ -107,7 +107,7 @@ def _quicklook_parser(sub) -> argparse.ArgumentParser:
                        description="Read RASTER decimated (from its overviews when it has them, never whole at full "
                                    "resolution), draw the outline of every feature of FEATURES in its class colour, "
                                    "and write a PNG.")
-    p.add_argument("features", help="tiler output: .geojson or .geojsonl, lon/lat or pixel coordinates")
+    p.add_argument("features", help="tiler output: .geojson, .geojsonl, .gpkg, .fgb or .parquet (in any CRS, or pixels)")
     p.add_argument("--raster", required=True, help="the raster the features were detected on (path or GDAL URI)")
     p.add_argument("--out", required=True, help="output .png")
     p.add_argument("--max-size", type=int, default=4096, metavar="N",

@@ -53,6 +53,52 @@ class Outlines:
                    np.asarray(dets.class_id, np.int64)[det_of_ring])
 
     @classmethod
+    def from_file(cls, path: str | os.PathLike, transform=None, crs=None) -> "Outlines":
+        """The rings of any tiler output, by suffix: GeoJSON (see `from_geojson`), or GeoPackage, FlatGeobuf
+        and GeoParquet in whatever CRS the file declares (no CRS: pixels)."""
+        if Path(path).suffix.lower() in (".gpkg", ".fgb", ".parquet", ".geoparquet"):
+            return cls.from_table(path, transform, crs)
+        return cls.from_geojson(path, transform, crs)
+
+    @classmethod
+    def from_table(cls, path: str | os.PathLike, transform=None, crs=None) -> "Outlines":
+        """The rings of a GeoPackage, FlatGeobuf or GeoParquet file, in the raster's pixels, vectorised."""
+        import shapely
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"features file not found: {path}")
+        try:
+            if path.suffix.lower() in (".parquet", ".geoparquet"):
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(path)
+                geo = json.loads((table.schema.metadata or {}).get(b"geo", b"{}"))
+                column = (geo.get("columns") or {}).get(geo.get("primary_column", "geometry"), {})
+                source_crs = column.get("crs", WGS84) if geo else None  # the spec: no crs member = lon/lat
+                geom_name = geo.get("primary_column", "geometry")
+            else:
+                from pyogrio import read_arrow
+
+                meta, table = read_arrow(path)
+                source_crs, geom_name = meta.get("crs"), meta.get("geometry_name") or "wkb_geometry"
+        except Exception as exc:  # pyarrow / GDAL errors: the file is not what its suffix says
+            raise ConfigError(f"cannot read {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+        geoms = shapely.from_wkb(table[geom_name].to_numpy(zero_copy_only=False))
+        classes = (table["class_id"].to_numpy(zero_copy_only=False) if "class_id" in table.column_names
+                   else np.zeros(len(geoms), np.int64))
+        parts, part_owner = shapely.get_parts(geoms, return_index=True)
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
+        xy, ring_of_vertex = shapely.get_coordinates(rings, return_index=True)
+        counts = np.bincount(ring_of_vertex, minlength=len(rings))
+        if source_crs is not None:
+            if transform is None:
+                raise ConfigError(f"{path} has a CRS but the raster has no georeferencing")
+            xy = _to_pixels(xy, source_crs, transform, crs)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(np.asarray(xy, np.float64), offsets, np.asarray(classes, np.int64)[part_owner[ring_part]])
+
+    @classmethod
     def from_geojson(cls, path: str | os.PathLike, transform=None, crs=None) -> "Outlines":
         """The rings of a tiler GeoJSON (FeatureCollection or GeoJSON text sequence), in the raster's pixels.
 
@@ -280,7 +326,8 @@ def write_quicklook(out: str | os.PathLike, raster: str | os.PathLike,
     colour, `thickness` px wide.
 
     `features`: detections in global raster pixels (a `JobResult`'s), `Outlines`, or the path of a tiler
-    GeoJSON / GeoJSON text sequence (lon/lat or pixel coordinates, see `Outlines.from_geojson`).
+    output in any of its formats (GeoJSON in lon/lat or pixels, GeoPackage, FlatGeobuf, GeoParquet in their own
+    CRS; see `Outlines.from_file`).
     `bands`: 1-based bands shown as RGB (default 1,2,3, or band 1 as grey). Memory is bounded by the PNG and
     GDAL's block cache, not by the raster (bench/README.md). Written to a temporary file and renamed, so a
     failure leaves no PNG; bad input raises a `TilerError` with a one-line message."""
@@ -301,7 +348,7 @@ def write_quicklook(out: str | os.PathLike, raster: str | os.PathLike,
             outlines = features
         else:
             geo = source.georeferenced
-            outlines = Outlines.from_geojson(features, source.transform if geo else None,
+            outlines = Outlines.from_file(features, source.transform if geo else None,
                                              source.crs if geo else None)
         size = quicklook_shape(win[2] - win[0], win[3] - win[1], int(max_size))
         image = read_decimated(source, win, size)

@@ -97,16 +97,16 @@ class JobResult:
 
         from .config import parse_crs
         from .writers import FeatureSet, output_crs
-        from .writers.arrow import feature_table
+        from .writers.arrow import encode_geometries, feature_table
         from .writers.geoparquet import geo_metadata
 
         geo = self.georeferencer
         fs = FeatureSet.build(self.detections, self.names, geo,
                               output_crs("geoparquet", parse_crs(crs), geo.crs if geo is not None else None),
                               self.provenance() if self._wants_provenance(provenance) else None)
-        geoms = fs.geometries()
-        table = feature_table(fs, geoms)
-        return table.replace_schema_metadata({b"geo": json.dumps(geo_metadata(fs, geoms)).encode()})
+        enc = encode_geometries(fs, multi=False)
+        table = feature_table(fs, enc)
+        return table.replace_schema_metadata({b"geo": json.dumps(geo_metadata(fs, enc)).encode()})
 
     def _wants_provenance(self, provenance: bool | None) -> bool:
         return self.config.provenance if provenance is None else bool(provenance)

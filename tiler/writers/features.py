@@ -101,6 +101,18 @@ class FeatureSet:
             self.replaced[k] = g
 
 
+def convex_quads(dets: Detections, coords: np.ndarray) -> np.ndarray | None:
+    """For detections that are all single quadrilaterals (detect and OBB models), which of them are strictly
+    convex, hence valid, checked with numpy; None for any other layout."""
+    n = len(dets)
+    if n == 0 or dets.rings is not None or len(coords) != 4 * n or not (dets.counts == 4).all():
+        return None
+    q = coords.reshape(n, 4, 2)
+    edge = np.roll(q, -1, axis=1) - q
+    cross = edge[:, :, 0] * np.roll(edge[:, :, 1], -1, axis=1) - edge[:, :, 1] * np.roll(edge[:, :, 0], -1, axis=1)
+    return (cross > 0).all(axis=1) | (cross < 0).all(axis=1)
+
+
 def _same(a, b) -> bool:
     from pyproj import CRS
 

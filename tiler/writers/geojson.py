@@ -18,7 +18,7 @@ from ..detections import Rings
 from ..geometry import polygonal_parts
 from ..georef import DECIMALS_LONLAT, DECIMALS_PIXEL
 from .base import PIXEL_SPACE_NOTE, atomic_path
-from .features import FeatureSet
+from .features import FeatureSet, convex_quads
 
 
 def _features(fs: FeatureSet) -> Iterator[dict]:
@@ -37,13 +37,14 @@ def _features(fs: FeatureSet) -> Iterator[dict]:
     class_names = fs.class_names().tolist()
     prov = fs.provenance
     windows = dets.window.tolist() if prov is not None else None
-    flat = coords.tolist()
     if dets.rings is None:
-        off = dets.offsets.tolist()
-        geometries = ({"type": "Polygon", "coordinates": [_closed(flat[off[k]:off[k + 1]])]}
-                      for k in range(len(dets)))
+        # one ring each: closed rings in one array, written as numpy slices (orjson encodes them natively)
+        starts = dets.offsets[:-1]
+        closed = np.insert(coords, dets.offsets[1:], coords[starts], axis=0)
+        off = (dets.offsets + np.arange(len(dets.offsets))).tolist()
+        geometries = ({"type": "Polygon", "coordinates": [closed[off[k]:off[k + 1]]]} for k in range(len(dets)))
     else:
-        geometries = _ring_geometries(flat, dets.rings)
+        geometries = _ring_geometries(coords.tolist(), dets.rings)
     for k, geometry in enumerate(geometries):
         props = {"class_id": classes[k], "class_name": class_names[k], "score": scores[k], "bbox_px": bbox[k]}
         if prov is not None:
@@ -59,9 +60,10 @@ def _repaired_after_rounding(dets, exact: np.ndarray, rounded: np.ndarray, decim
     output grid by GEOS, which keeps them valid and polygonal, with RFC 7946 ring orientation."""
     if not len(dets):
         return {}
-    finite = np.logical_and.reduceat(np.isfinite(rounded).all(axis=1), dets.offsets[:-1])
-    # (non-finite coordinates are not repaired: json refuses them, so the write fails and leaves no file)
-    bad = np.flatnonzero(~shapely.is_valid(dets.with_coords(rounded).geometries()) & finite)
+    # quadrilaterals still strictly convex after rounding are valid (numpy); only the others go to GEOS
+    convex = convex_quads(dets, rounded)
+    check = np.flatnonzero(~convex) if convex is not None else np.arange(len(dets))
+    bad = check[~shapely.is_valid(dets.with_coords(rounded).take(check).geometries())] if len(check) else check
     bad = np.asarray([k for k in bad.tolist() if k not in skip], dtype=np.int64)
     if not len(bad):
         return {}
@@ -99,11 +101,11 @@ def write_geojson(path: Path, fs: FeatureSet, seq: bool = False, meta: dict | No
     orjson encodes each feature (~20x faster than the json module); coordinates were checked finite."""
     import orjson
 
-    dumps = orjson.dumps
+    dumps, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if seq:
             for feat in _features(fs):
-                f.write(b"\x1e" + dumps(feat) + b"\n")  # RFC 8142 record separator
+                f.write(b"\x1e" + dumps(feat, option=numpy) + b"\n")  # RFC 8142 record separator
             return path
         head = {"type": "FeatureCollection"}
         if fs.crs is None:
@@ -113,6 +115,6 @@ def write_geojson(path: Path, fs: FeatureSet, seq: bool = False, meta: dict | No
             head["tiler"] = meta
         f.write(dumps(head)[:-1] + b',"features":[')
         for k, feat in enumerate(_features(fs)):
-            f.write((b"\n" if k == 0 else b",\n") + dumps(feat))
+            f.write((b"\n" if k == 0 else b",\n") + dumps(feat, option=numpy))
         f.write(b"\n]}\n")
     return path

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import shapely
-
-from .arrow import feature_table, geometry_types
+from .arrow import encode_geometries, feature_table
 from .base import PIXEL_SPACE_NOTE, atomic_path
 from .features import FeatureSet
 
@@ -21,15 +19,9 @@ def write_ogr(path: Path, fs: FeatureSet, fmt: str, meta: dict | None = None) ->
     say so in the layer's metadata where the format keeps it (GeoPackage)."""
     from pyogrio import write_arrow
 
-    geoms = fs.geometries()
-    types = geometry_types(geoms)
-    layer_type = "MultiPolygon" if "MultiPolygon" in types else "Polygon"
-    if layer_type == "MultiPolygon":
-        single = shapely.get_type_id(geoms) == 3
-        geoms = geoms.copy()
-        if single.any():
-            geoms[single] = shapely.multipolygons(geoms[single][:, None])
-    table = feature_table(fs, geoms)
+    enc = encode_geometries(fs)
+    layer_type = "MultiPolygon" if "MultiPolygon" in enc.types else "Polygon"
+    table = feature_table(fs, enc)
     kwargs = {}
     if fmt == "gpkg":
         info = dict(meta or {})
