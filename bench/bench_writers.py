@@ -5,7 +5,7 @@
 Each format runs in a fresh process: it builds the same `--n` detections (rotated boxes of 8-40 px, as an OBB
 job gives, over a 32768 x 32768 raster in EPSG:32633 at 0.3 m, with class ids and scores), then writes them
 with `tiler.writers.write_detections` in the format's default CRS (GeoJSON: WGS84; others: the raster's own)
-with provenance columns; `geojson-gdal` writes the same GeoJSON through GDAL's driver (pyogrio), to compare. Time covers the write call only; peak RSS is the process's VmHWM, reset after the
+with provenance columns (`--outlines`: 12-vertex outlines, as segmentation gives); `geojson-gdal` writes the same GeoJSON through GDAL's driver (pyogrio), to compare. Time covers the write call only; peak RSS is the process's VmHWM, reset after the
 detections are built, so it is what the write added on top of them.
 """
 
@@ -22,10 +22,16 @@ from pathlib import Path
 import numpy as np
 
 
-def detections(n: int):
+def detections(n: int, outlines: bool = False):
     from tiler.detections import Detections
 
     rng = np.random.default_rng(0)
+    if outlines:  # segmentation-like outlines: 12-vertex rings, the general (shapely / GDAL) path
+        cx, cy, r = rng.uniform(20, 32748, n), rng.uniform(20, 32748, n), rng.uniform(4, 20, n)
+        t = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        rings = np.stack([cx[:, None] + r[:, None] * np.cos(t), cy[:, None] + r[:, None] * np.sin(t)], axis=-1)
+        return Detections.from_polygons(rings, rng.integers(0, 3, n), rng.uniform(0.25, 1, n).astype(np.float32),
+                                        window=0)
     cx, cy = rng.uniform(20, 32748, n), rng.uniform(20, 32748, n)
     w, h, a = rng.uniform(8, 40, n), rng.uniform(8, 40, n), rng.uniform(0, np.pi, n)
     ux, uy = np.cos(a), np.sin(a)
@@ -35,13 +41,13 @@ def detections(n: int):
                                     window=0)
 
 
-def worker(fmt: str, n: int, out_dir: str) -> None:
+def worker(fmt: str, n: int, out_dir: str, outlines: bool = False) -> None:
     from rasterio.transform import from_origin
 
     from tiler.georef import Georeferencer
     from tiler.writers import write_detections
 
-    dets = detections(n)
+    dets = detections(n, outlines)
     dets.window[:] = np.arange(n) // 50
     geo = Georeferencer(from_origin(500000, 5000000, 0.3, 0.3), "EPSG:32633")
     names = {0: "vehicle", 1: "building", 2: "boat"}
@@ -80,15 +86,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--formats", default="geojson,geojson-gdal,gpkg,fgb,parquet")
+    ap.add_argument("--outlines", action="store_true",
+                    help="12-vertex outlines (as segmentation gives) instead of rotated boxes")
     ap.add_argument("--worker", nargs=3)
     args = ap.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.worker[2])
+        worker(args.worker[0], int(args.worker[1]), args.worker[2], args.outlines)
         return
     rows = []
     for fmt in args.formats.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            out = subprocess.run([sys.executable, __file__, "--worker", fmt, str(args.n), tmp],
+            out = subprocess.run([sys.executable, __file__, "--worker", fmt, str(args.n), tmp,
+                                  *(["--outlines"] if args.outlines else [])],
                                  capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)

@@ -259,3 +259,56 @@ def test_numpy_wkb_of_quadrilaterals_equals_shapely_and_odd_ones_are_repaired():
     out = shapely.from_wkb(enc.wkb.to_numpy(zero_copy_only=False))
     assert shapely.is_valid(out).all() and not shapely.is_empty(out).any()
     assert enc.types == ["MultiPolygon"]  # the bow-tie became two triangles, so the layer is MultiPolygon
+
+
+@pytest.mark.parametrize("n", [1, 16, 17, 300, 5000])
+def test_tiler_flatgeobuf_reads_back_in_gdal_with_a_working_spatial_index(tmp_path, n):
+    """Quadrilaterals are written by tiler's own FlatGeobuf writer (faster than GDAL's): GDAL must read every
+    feature back exactly, and its index-driven bbox reads must return what brute force finds; tree sizes
+    around the node size (1, 16, 17) included. Pixel space for some, a CRS for the others."""
+    from rasterio.transform import from_origin
+
+    from tiler.detections import Detections
+    from tiler.georef import Georeferencer
+    from tiler.writers import FeatureSet, output_crs
+    from tiler.writers import flatgeobuf
+    from tiler.writers.flatgeobuf import write_flatgeobuf
+
+    rng = np.random.default_rng(n)
+    c = rng.uniform(0, 5000, (n, 1, 2))
+    a = rng.uniform(0, np.pi, (n, 1))
+    w, h = rng.uniform(4, 40, (n, 1)), rng.uniform(4, 40, (n, 1))
+    corners = np.stack([c[:, 0] + np.column_stack([sx * w[:, 0] / 2 * np.cos(a[:, 0]) - sy * h[:, 0] / 2 * np.sin(a[:, 0]),
+                                                   sx * w[:, 0] / 2 * np.sin(a[:, 0]) + sy * h[:, 0] / 2 * np.cos(a[:, 0])])
+                        for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))], axis=1)
+    dets = Detections.from_polygons(corners, rng.integers(0, 3, n), rng.uniform(0.2, 1, n), window=0)
+    dets.window[:] = rng.integers(0, 1000, n)
+    geo = Georeferencer(from_origin(500000, 5000000, 0.3, 0.3), "EPSG:32633") if n % 2 else None
+    prov = {"source": "/data/a.tif", "model": "m.pt", "model_sha256": "0123456789ab", "tiler_version": "0.1.0"}
+    fs = FeatureSet.build(dets, {0: "vehicle", 1: "building", 2: "boat"}, geo,
+                          output_crs("flatgeobuf", "auto", geo.crs if geo else None), prov if n != 300 else None)
+    assert flatgeobuf.can_write(fs)
+    path = write_flatgeobuf(tmp_path / "t.fgb", fs, chunk=97)  # several chunks, a short last one
+    info = pyogrio.read_info(path)
+    assert info["features"] == n and info["geometry_type"] == "Polygon"
+    assert (info["crs"] == "EPSG:32633") if geo else info["crs"] is None
+    df = pyogrio.read_dataframe(path)
+    b = fs.bbox_px()
+    got = np.lexsort((df["y0"].to_numpy(), df["x0"].to_numpy()))
+    want = np.lexsort((b[:, 1], b[:, 0]))
+    geoms = fs.dets.with_coords(fs.coords).geometries()
+    assert shapely.equals_exact(np.asarray(df.geometry.values)[got], geoms[want], 0).all()
+    assert np.array_equal(df["score"].to_numpy()[got], fs.dets.score.astype(np.float64)[want])
+    assert list(df["class_name"].to_numpy()[got]) == [("vehicle", "building", "boat")[i] for i in fs.dets.class_id[want]]
+    if n != 300:
+        assert np.array_equal(df["window"].to_numpy()[got], fs.dets.window[want])
+        assert set(df["model_sha256"]) == {"0123456789ab"}
+    else:
+        assert "source" not in df.columns
+    env = shapely.envelope(geoms)
+    lo, hi = shapely.total_bounds(geoms).reshape(2, 2)
+    for _ in range(5):
+        x0, y0 = rng.uniform(lo, hi)
+        box = (x0, y0, x0 + (hi[0] - lo[0]) / 7, y0 + (hi[1] - lo[1]) / 5)
+        hits = pyogrio.read_dataframe(path, bbox=box)
+        assert len(hits) == shapely.intersects(shapely.box(*box), env).sum()

@@ -2,7 +2,8 @@
 beside the output, renamed when complete; nothing left on failure).
 
 `geojson.py` (RFC 7946 / RFC 8142, tiler's own streaming writer), `ogr.py` (GeoPackage, FlatGeobuf, through
-pyogrio), `geoparquet.py` (GeoParquet 1.1, through pyarrow); `features.py` builds what they all write, once.
+pyogrio), `flatgeobuf.py` (FlatGeobuf of boxes, tiler's own numpy writer), `geoparquet.py` (GeoParquet 1.1,
+through pyarrow); `features.py` builds what they all write, once; `arrow.py` the WKB table.
 
 Every feature carries `class_id`, `class_name`, `score`, its global-pixel box (`bbox_px` in GeoJSON,
 `x0, y0, x1, y1` columns elsewhere) and, unless turned off, provenance: `source`, `window`, `model`,

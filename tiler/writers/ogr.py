@@ -19,6 +19,11 @@ def write_ogr(path: Path, fs: FeatureSet, fmt: str, meta: dict | None = None) ->
     say so in the layer's metadata where the format keeps it (GeoPackage)."""
     from pyogrio import write_arrow
 
+    if fmt == "flatgeobuf":
+        from . import flatgeobuf
+
+        if flatgeobuf.can_write(fs):  # quadrilaterals: tiler's own writer, several times faster than GDAL's
+            return flatgeobuf.write_flatgeobuf(path, fs)
     enc = encode_geometries(fs)
     layer_type = "MultiPolygon" if "MultiPolygon" in enc.types else "Polygon"
     table = feature_table(fs, enc)
