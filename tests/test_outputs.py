@@ -164,6 +164,8 @@ def test_pixel_space_outputs_have_no_crs_and_say_so(tmp_path):
     g = read(gpkg)
     assert np.abs(np.sort(shapely.get_coordinates(g.geometry[0])[:-1], axis=0)
                   - np.sort(result.detections.coords[:result.detections.offsets[1]], axis=0)).max() < 1e-9
+    fgb = pyogrio.read_info(result.to_file(tmp_path / "pix.fgb"))
+    assert fgb["crs"] is None and "pixel coordinates" in fgb["layer_metadata"]["DESCRIPTION"]
     with pytest.raises(OutputError, match="no georeferencing"):
         result.to_file(tmp_path / "x.gpkg", crs="EPSG:32633")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import atomic_path
+from .base import PIXEL_SPACE_NOTE, atomic_path
 from .features import FeatureSet, convex_quads
 
 MAGIC = b"fgb\x03fgb\x00"
@@ -40,7 +40,10 @@ def _columns(fs: FeatureSet) -> list[tuple[str, int]]:
     return cols
 
 
-def _header(fs: FeatureSet, n: int, envelope: np.ndarray) -> bytes:
+def _header(fs: FeatureSet, n: int, envelope: np.ndarray, meta: dict | None = None) -> bytes:
+    """The header; a pixel-space output says so in its description and metadata (JSON, as GDAL shows it)."""
+    import json
+
     import flatbuffers
 
     b = flatbuffers.Builder(1024)
@@ -68,6 +71,11 @@ def _header(fs: FeatureSet, n: int, envelope: np.ndarray) -> bytes:
                 b.PrependInt32Slot(1, int(auth[1]), 0)
         b.PrependUOffsetTRelativeSlot(4, wkt, 0)
         crs = b.EndObject()
+    info = dict(meta or {})
+    if fs.crs is None:
+        info.update(coordinate_space="pixel", coordinate_space_note=PIXEL_SPACE_NOTE)
+    metadata = b.CreateString(json.dumps({"tiler": info}))
+    description = b.CreateString("tiler detections" + (" in pixel coordinates" if fs.crs is None else ""))
     name = b.CreateString("detections")
     b.StartVector(8, 4, 8)
     for v in reversed(envelope.tolist()):
@@ -82,6 +90,8 @@ def _header(fs: FeatureSet, n: int, envelope: np.ndarray) -> bytes:
     b.PrependUint16Slot(9, NODE_SIZE, 0)
     if crs is not None:
         b.PrependUOffsetTRelativeSlot(10, crs, 0)
+    b.PrependUOffsetTRelativeSlot(12, description, 0)
+    b.PrependUOffsetTRelativeSlot(13, metadata, 0)
     b.FinishSizePrefixed(b.EndObject())
     return bytes(b.Output())
 
@@ -197,7 +207,7 @@ def packed_rtree(bounds: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return nodes
 
 
-def write_flatgeobuf(path: Path, fs: FeatureSet, chunk: int = 65536) -> Path:
+def write_flatgeobuf(path: Path, fs: FeatureSet, meta: dict | None = None, chunk: int = 65536) -> Path:
     """Write `fs` (every feature a convex quadrilateral: `can_write`) as FlatGeobuf with its spatial index.
     Features are made and written `chunk` at a time, so memory stays bounded by the chunk, not the file."""
     n = len(fs)
@@ -227,7 +237,7 @@ def write_flatgeobuf(path: Path, fs: FeatureSet, chunk: int = 65536) -> Path:
     body = np.empty((min(chunk, n), size), dtype=np.uint8)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(MAGIC)
-        f.write(_header(fs, n, envelope))
+        f.write(_header(fs, n, envelope, meta))
         f.write(nodes.tobytes())
         for start in range(0, n, chunk):
             sel = order[start:start + chunk]  # these features, in file order
