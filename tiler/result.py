@@ -80,7 +80,8 @@ class JobResult:
         EPSG:xxxx; `provenance` (default: the job's, on) adds source, window, model, model_sha256, tiler_version."""
         from .config import parse_crs
 
-        meta = {"source": os.path.basename(self.config.source), "model": os.path.basename(self.config.model),
+        meta = {"source": os.path.basename(self.config.source),
+                "model": os.path.basename(self.config.model.rstrip("/")),
                 "task": self.task, "patch_size": list(self.config.patch_size), "overlap": list(self.config.overlap)}
         t = time.perf_counter()
         out = write_detections(path, self.detections, self.names, self.georeferencer, meta,
