@@ -77,10 +77,7 @@ def _header(fs: FeatureSet, n: int, envelope: np.ndarray, meta: dict | None = No
     metadata = b.CreateString(json.dumps({"tiler": info}))
     description = b.CreateString("tiler detections" + (" in pixel coordinates" if fs.crs is None else ""))
     name = b.CreateString("detections")
-    b.StartVector(8, 4, 8)
-    for v in reversed(envelope.tolist()):
-        b.PrependFloat64(v)
-    env = b.EndVector()
+    env = _doubles(b, envelope)
     b.StartObject(14)
     b.PrependUOffsetTRelativeSlot(0, name, 0)
     b.PrependUOffsetTRelativeSlot(1, env, 0)
@@ -94,6 +91,14 @@ def _header(fs: FeatureSet, n: int, envelope: np.ndarray, meta: dict | None = No
     b.PrependUOffsetTRelativeSlot(13, metadata, 0)
     b.FinishSizePrefixed(b.EndObject())
     return bytes(b.Output())
+
+
+def _doubles(b, values: np.ndarray):
+    """A flatbuffers vector of float64."""
+    b.StartVector(8, len(values), 8)
+    for v in reversed(values.tolist()):
+        b.PrependFloat64(v)
+    return b.EndVector()
 
 
 def _properties_template(fs: FeatureSet, class_name: str) -> tuple[bytes, dict[str, int]]:
@@ -119,10 +124,7 @@ def _feature_template(props: bytes) -> tuple[bytes, int, int]:
 
     marker = np.arange(1, 11, dtype="<f8") * 1.0e300  # coordinates nobody writes, to find them again
     b = flatbuffers.Builder(256)
-    b.StartVector(8, 10, 8)
-    for v in reversed(marker.tolist()):
-        b.PrependFloat64(v)
-    xy = b.EndVector()
+    xy = _doubles(b, marker)
     b.StartObject(8)
     b.PrependUOffsetTRelativeSlot(1, xy, 0)
     geometry = b.EndObject()
