@@ -17,7 +17,7 @@ from .grid import WindowGrid, plan_windows, select_windows_with_data
 from .merge import group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
 from .model import Predictor
 from .raster import RasterSource, gdal_env
-from .result import JobResult, JobStats
+from .result import JobResult, JobStats, class_counts
 
 
 @dataclass(frozen=True)
@@ -168,11 +168,6 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
                                       on_seam=on_seam, masks=masks, boxes=boxes), best
 
 
-def _per_class(dets: Detections, names: dict[int, str]) -> dict[str, int]:
-    ids, counts = np.unique(dets.class_id, return_counts=True)
-    return {names.get(int(i), str(int(i))): int(c) for i, c in zip(ids, counts)}
-
-
 def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window_grid: WindowGrid,
            names: dict[int, str], task: str, stats: JobStats) -> JobResult:
     """Merge every batch's detections into the job's result. Batches are put in window order first:
@@ -183,8 +178,8 @@ def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window
     merged = merge(cfg, raw, task, window_grid.clipped_bounds())
     stats.add_time("merge", time.perf_counter() - t)
     stats.raw_detections, stats.kept_detections = len(raw), len(merged)
-    stats.raw_per_class = _per_class(raw, names)
-    stats.kept_per_class = _per_class(merged, names)
+    stats.raw_per_class = class_counts(raw, names)
+    stats.kept_per_class = class_counts(merged, names)
     georef = source.georeferenced
     return JobResult(merged, names, task, source.transform if georef else None, source.crs if georef else None,
                      stats, cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,12 @@ from .config import JobConfig
 from .detections import Detections
 from .georef import Georeferencer
 from .writers import write_detections
+
+
+def class_counts(dets: Detections, names: dict[int, str]) -> dict[str, int]:
+    """Detections per class name."""
+    ids, counts = np.unique(dets.class_id, return_counts=True)
+    return {names.get(int(i), str(int(i))): int(c) for i, c in zip(ids, counts)}
 
 
 @dataclass
@@ -49,7 +56,6 @@ class JobResult:
     crs: object
     stats: JobStats
     config: JobConfig
-    _provenance: dict | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -59,20 +65,24 @@ class JobResult:
         return Georeferencer(self.transform, self.crs) if self.transform and self.crs is not None else None
 
     def class_counts(self) -> dict[str, int]:
-        ids, counts = np.unique(self.detections.class_id, return_counts=True)
-        return {self.names.get(int(i), str(int(i))): int(c) for i, c in zip(ids, counts)}
+        return class_counts(self.detections, self.names)
 
+    @cached_property
+    def model_sha256(self) -> str:
+        """SHA-256 of the model (file, or export folder), computed once per result."""
+        from .model.backends import model_digest
+
+        return model_digest(self.config.model)
+
+    @cached_property
     def provenance(self) -> dict:
         """What every feature records of where it came from (its window is per feature)."""
-        if self._provenance is None:
-            from . import __version__
-            from .model.backends import model_digest
+        from . import __version__
 
-            src = self.config.source
-            src = os.path.abspath(src) if os.path.exists(src) else src  # a local file by its full path; URIs as given
-            self._provenance = {"source": src, "model": os.path.basename(self.config.model.rstrip("/")),
-                                "model_sha256": model_digest(self.config.model)[:12], "tiler_version": __version__}
-        return self._provenance
+        src = self.config.source
+        src = os.path.abspath(src) if os.path.exists(src) else src  # a local file by its full path; URIs as given
+        return {"source": src, "model": os.path.basename(self.config.model.rstrip("/")),
+                "model_sha256": self.model_sha256[:12], "tiler_version": __version__}
 
     def to_file(self, path: str | os.PathLike, crs: str | None = None, provenance: bool | None = None) -> Path:
         """Write the features atomically, the format from the suffix (.geojson, .geojsonl, .gpkg, .fgb, .parquet).
@@ -86,7 +96,7 @@ class JobResult:
         t = time.perf_counter()
         out = write_detections(path, self.detections, self.names, self.georeferencer, meta,
                                crs=parse_crs(crs if crs is not None else self.config.crs),
-                               provenance=self.provenance() if self._wants_provenance(provenance) else None)
+                               provenance=self.provenance if self._wants_provenance(provenance) else None)
         self.stats.add_time("write", time.perf_counter() - t)
         return out
 
@@ -104,7 +114,7 @@ class JobResult:
         geo = self.georeferencer
         fs = FeatureSet.build(self.detections, self.names, geo,
                               output_crs("geoparquet", parse_crs(crs), geo.crs if geo is not None else None),
-                              self.provenance() if self._wants_provenance(provenance) else None)
+                              self.provenance if self._wants_provenance(provenance) else None)
         enc = encode_geometries(fs, multi=False)
         table = feature_table(fs, enc)
         return table.replace_schema_metadata({b"geo": json.dumps(geo_metadata(fs, enc)).encode()})
@@ -128,11 +138,10 @@ class JobResult:
         stage, runner, backend, workers and restarts, the full job configuration, input and model checksums
         (SHA-256 of local files; None for remote URIs), tiler version."""
         from . import __version__
-        from .model.backends import model_digest
 
         return {"tiler_version": __version__, "task": self.task, "classes": {str(k): v for k, v in self.names.items()},
                 "stats": self.stats.to_dict(), "config": self.config.to_dict(),
-                "input_sha256": _local_sha256(self.config.source), "model_sha256": model_digest(self.config.model),
+                "input_sha256": _local_sha256(self.config.source), "model_sha256": self.model_sha256,
                 "georeferenced": self.georeferencer is not None,
                 "crs": self.georeferencer.crs.to_string() if self.georeferencer is not None else None}
 

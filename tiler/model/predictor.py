@@ -112,7 +112,6 @@ class Predictor:
                                  f"job feeds the model {imgsz} px (set imgsz {fixed[0]}, or export it again)")
         _ultralytics.disable_nms_time_limit()
         _ultralytics.sparse_rotated_nms()
-        self.device = resolve_device(device)
         self.threads = _ultralytics.set_torch_threads(threads) if self.device == "cpu" else threads
         self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,
                          max_det=max_det, device=self.device, verbose=False)

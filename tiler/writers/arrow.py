@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import FeatureSet, convex_quads
+from .features import FeatureSet
 
 _WKB_POLYGON_HEADER = np.dtype([("order", "u1"), ("type", "<u4"), ("rings", "<u4"), ("points", "<u4")])
 
@@ -50,10 +50,9 @@ def _quads_fast(fs: FeatureSet) -> EncodedGeometries | None:
     """The numpy path, when every feature is one convex quadrilateral and none was replaced; else None."""
     import pyarrow as pa
 
-    n = len(fs)
-    convex = None if fs.replaced else convex_quads(fs.dets, fs.coords)
-    if convex is None or not convex.all():
+    if not fs.all_convex_quads():
         return None  # not all quadrilaterals, or a degenerate or self-intersecting one: shapely repairs it
+    n = len(fs)
     q = fs.coords.reshape(n, 4, 2)
     size = _WKB_POLYGON_HEADER.itemsize + 5 * 16
     buf = np.empty((n, size), dtype=np.uint8)

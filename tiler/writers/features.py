@@ -68,6 +68,11 @@ class FeatureSet:
             geoms[bad] = shapely.orient_polygons(polygonal_parts(shapely.make_valid(geoms[bad])))
         return geoms
 
+    def all_convex_quads(self) -> bool:
+        """Every feature one strictly convex quadrilateral (so valid) and none replaced: the numpy paths."""
+        convex = None if self.replaced else convex_quads(self.dets, self.coords)
+        return convex is not None and bool(convex.all())
+
     def class_names(self) -> np.ndarray:
         ids = self.dets.class_id
         if not len(ids):

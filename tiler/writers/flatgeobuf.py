@@ -17,18 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from .base import PIXEL_SPACE_NOTE, atomic_path
-from .features import FeatureSet, convex_quads
+from .features import FeatureSet
 
 MAGIC = b"fgb\x03fgb\x00"
 NODE_SIZE = 16
 _POLYGON = 3
 # FlatGeobuf column types
 _INT, _LONG, _DOUBLE, _STRING = 5, 7, 10, 11
-
-
-def can_write(fs: FeatureSet) -> bool:
-    convex = None if fs.replaced else convex_quads(fs.dets, fs.coords)
-    return convex is not None and bool(convex.all())
 
 
 def _columns(fs: FeatureSet) -> list[tuple[str, int]]:
@@ -210,7 +205,7 @@ def packed_rtree(bounds: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 
 def write_flatgeobuf(path: Path, fs: FeatureSet, meta: dict | None = None, chunk: int = 65536) -> Path:
-    """Write `fs` (every feature a convex quadrilateral: `can_write`) as FlatGeobuf with its spatial index.
+    """Write `fs` (every feature a convex quadrilateral: `fs.all_convex_quads()`) as FlatGeobuf with its spatial index.
     Features are made and written `chunk` at a time, so memory stays bounded by the chunk, not the file."""
     n = len(fs)
     q = fs.coords.reshape(n, 4, 2)

@@ -23,7 +23,7 @@ def write_ogr(path: Path, fs: FeatureSet, fmt: str, meta: dict | None = None) ->
     if fmt == "flatgeobuf":
         from . import flatgeobuf
 
-        if flatgeobuf.can_write(fs):  # quadrilaterals: tiler's own writer, several times faster than GDAL's
+        if fs.all_convex_quads():  # quadrilaterals: tiler's own writer, several times faster than GDAL's
             return flatgeobuf.write_flatgeobuf(path, fs, meta)
     enc = encode_geometries(fs)
     layer_type = "MultiPolygon" if "MultiPolygon" in enc.types else "Polygon"
