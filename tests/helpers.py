@@ -31,6 +31,17 @@ def corrupt_tif(path: Path, size: int = 1024, block: int = 256) -> tuple[Path, i
     return path, 2 * (size // block) + 2
 
 
+def corrupt_block(path: Path, bx: int, by: int) -> Path:
+    """Overwrite the middle of block (bx, by) of a tiled GeoTIFF with garbage, in place (georeferencing kept)."""
+    with rasterio.open(path) as ds:
+        off = int(ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1))
+        n = int(ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1))
+    raw = bytearray(Path(path).read_bytes())
+    raw[off + 8:off + n - 8] = b"\xff" * (n - 16)
+    Path(path).write_bytes(bytes(raw))
+    return Path(path)
+
+
 def ray_cluster(head_cpus: int, *workers: dict):
     """A real multi-node Ray cluster in this process (ray.cluster_utils.Cluster), connected, as a generator
     for module fixtures. Token auth is off for every process of it, consistently."""

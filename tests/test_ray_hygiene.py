@@ -139,7 +139,9 @@ def test_ctrl_c_mid_job_exits_130_with_no_output_and_no_process_left(tmp_path, r
             driver.wait()
     leftover = _reap_leftovers(ours)
     assert driver.returncode == 130, stderr[-2000:]
-    assert stderr.strip().splitlines()[-1] == "tiler: interrupted", stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("tiler: interrupted; --resume continues from the checkpoints in "), stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     assert not leftover, leftover
-    assert not out.exists() and not list(tmp_path.glob("out*"))
+    # no output, only the checkpoints a --resume continues from
+    assert not out.exists() and [p.name for p in tmp_path.glob("out*")] == ["out.geojson.tiler-work"]

@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from .config import JobConfig
 from .errors import ConfigError, TilerError
 
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3  # a survey finished, but some frames failed (named on stderr and in the report)
 
 
 def _predict_parser(sub) -> argparse.ArgumentParser:
@@ -21,13 +23,18 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                     "coordinates for images without georeferencing). Options may also come from a YAML job "
                     "spec (--config); options given on the command line win.")
     # every default is None so that a YAML job spec can supply it; JobConfig holds the real defaults
-    p.add_argument("input", nargs="?", help="raster path or GDAL URI (GeoTIFF, COG, PNG, JPEG, /vsis3/…)")
+    p.add_argument("input", nargs="*", help="raster path or GDAL URI (GeoTIFF, COG, VRT, PNG, JPEG, /vsis3/…); several, "
+                   "a quoted glob ('frames/*.tif'), a folder or @list.txt (one per line) make a survey: one job, one "
+                   "model load, one output")
     p.add_argument("--config", metavar="JOB.yaml", help="YAML job spec with the same names as these options "
                    "(source, model, out, patch_size, overlap, …)")
     p.add_argument("--model", help="local Ultralytics model, never downloaded: a .pt, or an export (OpenVINO folder, "
                    ".onnx, .engine, .torchscript)")
     p.add_argument("--out", help="output file, format by suffix: .geojson, .geojsonl (GeoJSON text sequence), "
                    ".gpkg (GeoPackage), .fgb (FlatGeobuf), .parquet (GeoParquet 1.1)")
+    p.add_argument("--out-dir", metavar="DIR", help="instead of --out: one file per frame in DIR, named after the frame")
+    p.add_argument("--out-format", metavar="SUFFIX",
+                   help="format of the --out-dir files: geojson (default), geojsonl, gpkg, fgb, parquet")
     p.add_argument("--crs", metavar="auto|native|wgs84|EPSG:N",
                    help="output CRS: auto (default): EPSG:4326 for GeoJSON (its RFC), the raster's own CRS for "
                         "the other formats (exact, no reprojection); native; wgs84; or any EPSG code")
@@ -74,6 +81,21 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    "--cpus-per-worker on Ray)")
     p.add_argument("--gdal-cache-mb", type=int,
                    help="GDAL block cache in MiB (default: two rows of windows, 16-1024 MiB)")
+    s = p.add_argument_group("surveys and checkpoints")
+    s.add_argument("--dedup-frames", action=argparse.BooleanOptionalAction, default=None,
+                   help="report an object seen in several overlapping frames once, keeping the view farthest from "
+                        "its frame's edge (default: on when georeferenced frames overlap on the ground)")
+    s.add_argument("--fail-fast", action="store_true", default=None,
+                   help="stop at the first frame that cannot be read (exit 2); by default it is recorded, the "
+                        "survey goes on, and tiler exits 3")
+    s.add_argument("--work-dir", metavar="DIR", help="checkpoints of finished windows, written as they arrive "
+                   "(default: OUT.tiler-work beside the output); removed after success")
+    s.add_argument("--resume", action="store_true", default=None,
+                   help="continue a run that was killed or crashed, from its work dir: only the windows never "
+                        "checkpointed are computed, and the output is identical to an uninterrupted run")
+    s.add_argument("--keep-work", action="store_true", default=None, help="keep the work dir after success")
+    s.add_argument("--no-checkpoint", action="store_true",
+                   help="write no checkpoints (a killed job then starts over)")
     g = p.add_argument_group("execution")
     g.add_argument("--runner", metavar="auto|local|ray",
                    help="local: in this process; ray: Ray Data pipeline (embedded local Ray unless --address); "
@@ -143,7 +165,8 @@ def load_job_spec(path: str | os.PathLike) -> dict:
     return {str(k).replace("-", "_"): v for k, v in spec.items()}
 
 
-_CLI_TO_CONFIG = ("model", "out", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
+_CLI_TO_CONFIG = ("model", "out", "out_dir", "out_format", "dedup_frames", "fail_fast", "work_dir", "resume",
+                  "keep_work", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
                   "nms_threshold", "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part",
                   "bands", "batch_size", "backend", "device",
                   "threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
@@ -153,16 +176,20 @@ _CLI_TO_CONFIG = ("model", "out", "patch_size", "overlap", "conf", "iou", "imgsz
 def predict_config(args) -> JobConfig:
     values = load_job_spec(args.config) if args.config else {}
     if args.input:
-        values["source"] = args.input
+        values["source"] = args.input[0] if len(args.input) == 1 else args.input
     values.update({k: getattr(args, k) for k in _CLI_TO_CONFIG if getattr(args, k) is not None})
     if args.no_progress:
         values["progress"] = False
     if args.no_provenance:
         values["provenance"] = False
-    for name in ("source", "model", "out"):
+    if args.no_checkpoint:
+        values["checkpoint"] = False
+    for name in ("source", "model"):
         if not values.get(name):
             flag = "INPUT" if name == "source" else f"--{name}"
             raise ConfigError(f"{flag} is required (on the command line or as '{name}' in --config)")
+    if not values.get("out") and not values.get("out_dir"):
+        raise ConfigError("--out is required, or --out-dir (on the command line or as 'out' in --config)")
     return JobConfig.from_mapping(values)
 
 
@@ -170,9 +197,21 @@ def _run_predict(args) -> int:
     from .job import TileJob
 
     cfg = predict_config(args)
-    result = TileJob.from_config(cfg).run()
-    print(f"tiler: {result.summary()} -> {cfg.out}")
-    return 0
+    try:
+        result = TileJob.from_config(cfg).run()
+    except KeyboardInterrupt:
+        from .checkpoint import MANIFEST, default_work_dir
+
+        work = cfg.work_dir or default_work_dir(cfg.out, cfg.out_dir)
+        if work is not None and (Path(work) / MANIFEST).is_file():
+            print(f"tiler: interrupted; --resume continues from the checkpoints in {work}", file=sys.stderr)
+            return 130
+        raise
+    print(f"tiler: {result.summary()} -> {cfg.out or cfg.out_dir}")
+    failed = getattr(result, "failed", [])
+    for source, error in failed:
+        print(f"tiler: frame failed: {error if source in error else f'{source}: {error}'}", file=sys.stderr)
+    return EXIT_PARTIAL if failed else 0
 
 
 def _run_synth(args) -> int:

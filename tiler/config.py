@@ -127,13 +127,37 @@ def parse_crs(value) -> str:
     return f"EPSG:{epsg}" if epsg else v
 
 
+def _parse_source(value: Any) -> str | tuple[str, ...]:
+    """A path or URI, or a list of them (a survey); a list of one is that one."""
+    if isinstance(value, (str, os.PathLike)):
+        value = os.fspath(value)
+        if not value:
+            raise ConfigError("source must be given")
+        return value
+    try:
+        items = tuple(os.fspath(v) for v in value)
+    except TypeError:
+        raise ConfigError(f"source must be a path, a URI or a list of them, got {value!r}") from None
+    if not items or not all(items):
+        raise ConfigError("source must be given" if not items else "source holds an empty path")
+    return items[0] if len(items) == 1 else items
+
+
+# what decides the detections, so what a resumed run must share with the one it continues
+RESULT_FIELDS = ("patch_size", "overlap", "bands", "conf", "iou", "imgsz", "classes", "max_det", "batch_size",
+                 "device", "half", "backend", "nms_threshold", "match_metric", "class_agnostic", "sorter",
+                 "sorter_bins", "merge", "simplify", "largest_part", "keep_masks", "dedup_frames")
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Every parameter of a tiling job. Construct it, and it is valid or raises ConfigError."""
 
-    source: str
+    source: str | tuple[str, ...]  # one raster, or the frames of a survey (see tiler.io.survey.expand_inputs)
     model: str
-    out: str | None = None
+    out: str | None = None  # one dataset: the raster's, or the whole survey's
+    out_dir: str | None = None  # instead of `out`: one file per frame, named after it, in `out_format`
+    out_format: str = "geojson"
     # tiling
     patch_size: tuple[int, int] = (640, 640)
     overlap: tuple[float, float] = (0.25, 0.25)
@@ -166,6 +190,13 @@ class JobConfig:
     crs: str = "auto"  # output CRS: auto (GeoJSON: WGS84; other formats: the raster's own), native, wgs84, EPSG:xxxx
     provenance: bool = True  # source, window, model, model_sha256, tiler_version on every feature
     report: str | None = None  # run report (JSON) path
+    # surveys and durability
+    dedup_frames: bool | None = None  # merge one object seen in overlapping frames; None: when frames overlap
+    fail_fast: bool = False  # stop at the first frame that fails (else: record it, go on, exit 3)
+    checkpoint: bool = True  # checkpoint finished work (when there is an output to put the work dir beside)
+    work_dir: str | None = None  # checkpoints; default beside the output (OUT.tiler-work)
+    resume: bool = False  # continue the run whose checkpoints are in work_dir
+    keep_work: bool = False  # keep work_dir after success
     # execution
     runner: str = "auto"
     address: str | None = None
@@ -175,16 +206,25 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731  (frozen dataclass)
-        if not self.source:
-            raise ConfigError("source must be given")
+        set_("source", _parse_source(self.source))
         if not self.model:
             raise ConfigError("model must be given")
-        set_("source", os.fspath(self.source))
         set_("model", os.fspath(self.model))
-        if self.out is not None:
-            set_("out", os.fspath(self.out))
-        if self.report is not None:
-            set_("report", os.fspath(self.report))
+        for name in ("out", "out_dir", "report", "work_dir"):
+            if getattr(self, name) is not None:
+                set_(name, os.fspath(getattr(self, name)))
+        if self.out is not None and self.out_dir is not None:
+            raise ConfigError("give out (one dataset) or out_dir (one file per frame), not both")
+        from .writers.base import FORMATS
+
+        fmt = str(self.out_format).lower().lstrip(".")
+        if f".{fmt}" not in FORMATS:
+            raise ConfigError(f"out_format must be one of {', '.join(s[1:] for s in FORMATS)}, got {self.out_format!r}")
+        set_("out_format", fmt)
+        if self.resume and not self.checkpoint:
+            raise ConfigError("resume needs checkpoints: it cannot be combined with checkpoint=false")
+        if self.dedup_frames is not None and not isinstance(self.dedup_frames, bool):
+            raise ConfigError(f"dedup_frames must be true, false or unset (auto), got {self.dedup_frames!r}")
         set_("crs", parse_crs(self.crs))
         set_("patch_size", parse_size(self.patch_size))
         set_("overlap", parse_overlap(self.overlap))
@@ -224,7 +264,8 @@ class JobConfig:
         if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not 0 <= v <= 10:
             raise ConfigError(f"simplify must be a tolerance in pixels between 0 and 10, got {v!r}")
         set_("simplify", float(v))
-        for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress", "provenance"):
+        for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress", "provenance", "fail_fast",
+                     "checkpoint", "resume", "keep_work"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.backend != "auto" and self.backend not in BACKENDS:
@@ -245,6 +286,21 @@ class JobConfig:
             raise ConfigError(f"gpus_per_worker above 1 must be whole (Ray's rule), got {self.gpus_per_worker}")
         if self.batch_size is None:
             set_("batch_size", auto_batch_size(self.model_imgsz))
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The inputs as given (a survey's may hold globs, folders and @lists: see `io.survey.expand_inputs`)."""
+        return (self.source,) if isinstance(self.source, str) else self.source
+
+    def for_frame(self, uri: str) -> "JobConfig":
+        """This job's configuration for one frame of it."""
+        return self.replace(source=uri)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The parameters that decide the detections (not where or how they are written, or which runner runs
+        them): a run may be resumed only with the same ones."""
+        d = self.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items() if k in RESULT_FIELDS}
 
     @property
     def model_imgsz(self) -> int:

@@ -251,6 +251,26 @@ class Detections:
                    np.concatenate([p.window for p in parts]), np.concatenate([p.on_seam for p in parts]),
                    rings, masks, boxes)
 
+    def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
+        """Every field as plain arrays (for `np.savez`: checkpoints); `from_arrays` restores them exactly."""
+        out = {"class_id": self.class_id, "score": self.score, "coords": self.coords, "offsets": self.offsets,
+               "window": self.window, "on_seam": self.on_seam}
+        if self.rings is not None:
+            out.update(rings_offsets=self.rings.offsets, rings_sizes=self.rings.sizes, rings_shell=self.rings.shell)
+        if self.masks is not None:
+            out.update(masks_data=self.masks.data, masks_offsets=self.masks.offsets, masks_boxes=self.masks.boxes)
+        if self.boxes is not None:
+            out["boxes"] = self.boxes
+        return {prefix + k: v for k, v in out.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays, prefix: str = "") -> "Detections":
+        a = {k[len(prefix):]: arrays[k] for k in arrays.keys() if k.startswith(prefix)}
+        rings = Rings(a["rings_offsets"], a["rings_sizes"], a["rings_shell"]) if "rings_offsets" in a else None
+        masks = Masks(a["masks_data"], a["masks_offsets"], a["masks_boxes"]) if "masks_data" in a else None
+        return cls(a["class_id"], a["score"], a["coords"], a["offsets"], a["window"], a["on_seam"], rings, masks,
+                   a.get("boxes"))
+
     def geometries(self) -> np.ndarray:
         """Shapely geometries, one per detection (Polygon, or MultiPolygon for several parts), vectorised."""
         if not len(self):

@@ -1,4 +1,4 @@
-"""The Python API: `TileJob(source, model, **params).run()`."""
+"""The Python API: `TileJob(source, model, **params).run()`, over one raster or the frames of a survey."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ import os
 from typing import Any, Callable
 
 from .config import JobConfig
-from .result import JobResult
+from .result import JobResult, SurveyResult
 from .writers import check_output_path, check_writable
 
 
 class TileJob:
-    """A tiling job over one raster.
+    """A tiling job over one raster, or over many (a survey: a list of paths, URIs, globs, folders, @lists).
 
     >>> result = TileJob("scene.tif", "models/tiler-obb.pt", patch_size=320, overlap=0.25).run()
     >>> len(result), result.stats.kept_detections
     >>> result.to_file("scene.geojson")
+    >>> survey = TileJob(["frames/*.tif"], "models/tiler-obb.pt", out="survey.gpkg").run()
+    >>> survey.failed, survey.report()["frames"]
 
     Parameters are those of `tiler.config.JobConfig`; they are validated here, before any work.
     """
@@ -32,22 +34,12 @@ class TileJob:
     def from_config(cls, config: JobConfig) -> "TileJob":
         return cls(config.source, config.model, config=config)
 
-    def run(self, on_progress: Callable[[int, int], None] | None = None) -> JobResult:
-        """Run, write `out` if configured, return the result. `on_progress(done, total)` reports windows."""
-        cfg = self.config
-        if self.runner_name() == "ray":
-            from .runners.ray import run_ray  # Ray is imported only when used
+    def run(self, on_progress: Callable[[int, int], None] | None = None) -> JobResult | SurveyResult:
+        """Run, write `out` (or `out_dir`) and `report` if configured, and return the result: a `JobResult` for
+        one raster, a `SurveyResult` for several. `on_progress(done, total)` reports windows."""
+        from .survey import run_job
 
-            result = run_ray(cfg, on_progress)
-        else:
-            from .runners.local import run_local
-
-            result = run_local(cfg, on_progress)
-        if cfg.out:
-            result.to_file(cfg.out)
-        if cfg.report:
-            result.write_report(cfg.report)
-        return result
+        return run_job(self.config, self.runner_name(), on_progress)
 
     def runner_name(self) -> str:
         """The runner this job uses: as configured, or for "auto", in this process on a single machine, and Ray

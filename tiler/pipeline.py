@@ -6,18 +6,43 @@ same objects inside tasks and actors, which is why both produce identical result
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import JobConfig
 from .detections import Detections, to_global
+from .errors import RasterError
 from .grid import WindowGrid, plan_windows, select_windows_with_data
 from .merge import group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
 from .model import Predictor
-from .raster import RasterSource, gdal_env
-from .result import JobResult, JobStats, class_counts
+from .raster import RasterSource
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """One model batch: up to `batch_size` consecutive windows of one frame's plan, starting at `start`.
+    Batches are fixed by the job alone, so every runner (and a resumed run) feeds the model the same ones."""
+
+    frame: int
+    start: int
+    window_ids: np.ndarray  # (n,) int64 ids in the frame's grid
+    origins: np.ndarray  # (n, 2) int64 x0, y0
+
+
+@dataclass
+class BatchResult:
+    """What an executor returns for a `BatchSpec`: raw detections in the frame's global pixels, or the error
+    that made its frame unreadable (a frame's failure is data: the survey records it and goes on)."""
+
+    frame: int
+    start: int
+    window_ids: np.ndarray
+    detections: Detections | None
+    empty: int = 0  # windows read back holding no data (the model did not run on them)
+    seconds: float = 0.0  # reading and predicting this batch
+    error: RasterError | None = None  # a WindowReadError naming the window, or the frame gone since planning
+    restarted: int = 0  # actor restarts first reported with this batch (Ray)
 
 
 @dataclass(frozen=True)
@@ -36,6 +61,13 @@ def open_source(cfg: JobConfig) -> RasterSource:
     return RasterSource(cfg.source, bands=cfg.bands)
 
 
+def batch_specs(frame: int, window_plan: WindowPlan, batch_size: int) -> list[BatchSpec]:
+    """The model batches of one frame, in window order."""
+    ids, origins = window_plan.window_ids, window_plan.origins
+    return [BatchSpec(frame, s, ids[s:s + batch_size], origins[s:s + batch_size])
+            for s in range(0, len(ids), batch_size)]
+
+
 def plan(cfg: JobConfig, source: RasterSource) -> WindowPlan:
     """All windows of the grid, minus those that are entirely nodata (judged on a decimated mask)."""
     grid = plan_windows(source.width, source.height, cfg.patch_size, cfg.overlap)
@@ -46,25 +78,6 @@ def plan(cfg: JobConfig, source: RasterSource) -> WindowPlan:
         keep = select_windows_with_data(grid, mask, sx, sy)
         origins, ids = origins[keep], ids[keep]
     return WindowPlan(grid, origins, ids, len(grid) - len(ids))
-
-
-def start_job(cfg: JobConfig, stats: JobStats) -> tuple[RasterSource, WindowPlan]:
-    """Open the source and plan its windows (the driver's share of every runner), recording both in stats."""
-    t = time.perf_counter()
-    source = open_source(cfg)
-    if cfg.out:  # a CRS the output cannot have is found now, not after the job
-        from .writers import output_crs, output_format
-
-        try:
-            output_crs(output_format(cfg.out), cfg.crs, source.crs if source.georeferenced else None)
-        except Exception:
-            source.close()
-            raise
-    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-        window_plan = plan(cfg, source)
-    stats.add_time("plan", time.perf_counter() - t)
-    stats.windows_planned, stats.windows_skipped = window_plan.planned, window_plan.skipped
-    return source, window_plan
 
 
 def make_predictor(cfg: JobConfig) -> Predictor:
@@ -166,20 +179,3 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
         boxes = np.column_stack([np.minimum.reduceat(b[:, :2], starts), np.maximum.reduceat(b[:, 2:], starts)])
     return Detections.from_geometries(merged_geoms, dets.class_id[best], scores, dets.window[best],
                                       on_seam=on_seam, masks=masks, boxes=boxes), best
-
-
-def finish(cfg: JobConfig, parts: list[Detections], source: RasterSource, window_grid: WindowGrid,
-           names: dict[int, str], task: str, stats: JobStats) -> JobResult:
-    """Merge every batch's detections into the job's result. Batches are put in window order first:
-    runners may receive them in any order, and the merge must see the same input whatever the runner."""
-    raw = Detections.concat(parts)
-    raw = raw.take(np.argsort(raw.window, kind="stable"))
-    t = time.perf_counter()
-    merged = merge(cfg, raw, task, window_grid.clipped_bounds())
-    stats.add_time("merge", time.perf_counter() - t)
-    stats.raw_detections, stats.kept_detections = len(raw), len(merged)
-    stats.raw_per_class = class_counts(raw, names)
-    stats.kept_per_class = class_counts(merged, names)
-    georef = source.georeferenced
-    return JobResult(merged, names, task, source.transform if georef else None, source.crs if georef else None,
-                     stats, cfg)

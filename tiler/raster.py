@@ -217,8 +217,11 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def gdal_env(source: RasterSource, patch_height: int, cache_mb: int | None = None) -> rasterio.Env:
-    """GDAL settings for reading `source`: the block cache in bytes (GDAL_CACHEMAX reads small numbers as
-    MB), sized to the raster unless `cache_mb` is given."""
-    cache = cache_mb * 2**20 if cache_mb else source.block_cache_bytes(patch_height)
+def gdal_env(source: "RasterSource | list[RasterSource]", patch_height: int, cache_mb: int | None = None
+             ) -> rasterio.Env:
+    """GDAL settings for reading `source` (or the frames of a survey): the block cache in bytes (GDAL_CACHEMAX
+    reads small numbers as MB), sized to the largest raster unless `cache_mb` is given."""
+    sources = source if isinstance(source, (list, tuple)) else [source]
+    cache = cache_mb * 2**20 if cache_mb else max((s.block_cache_bytes(patch_height) for s in sources),
+                                                   default=16 * 2**20)
     return rasterio.Env(GDAL_CACHEMAX=int(cache), GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR", VSI_CACHE=True)

@@ -16,6 +16,24 @@ from .georef import Georeferencer
 from .writers import write_detections
 
 
+def write_meta(cfg: JobConfig, task: str, n_frames: int = 1) -> dict:
+    """What an output records of the job as a whole (GeoJSON's `tiler` member, layer metadata)."""
+    head = ({"source": os.path.basename(cfg.source)} if isinstance(cfg.source, str) and n_frames == 1
+            else {"frames": n_frames})
+    return {**head, "model": os.path.basename(cfg.model.rstrip("/")), "task": task,
+            "patch_size": list(cfg.patch_size), "overlap": list(cfg.overlap)}
+
+
+def frame_provenance(cfg: JobConfig, model_sha256: str) -> dict:
+    """What every feature of a frame (`cfg.source`) records of where it came from (its window is per feature)."""
+    from . import __version__
+
+    src = cfg.source
+    src = os.path.abspath(src) if os.path.exists(src) else src  # a local file by its full path; URIs as given
+    return {"source": src, "model": os.path.basename(cfg.model.rstrip("/")), "model_sha256": model_sha256[:12],
+            "tiler_version": __version__}
+
+
 def class_counts(dets: Detections, names: dict[int, str]) -> dict[str, int]:
     """Detections per class name."""
     ids, counts = np.unique(dets.class_id, return_counts=True)
@@ -29,6 +47,9 @@ class JobStats:
     windows_skipped: int = 0  # entirely nodata by the coarse mask, never read
     windows_empty: int = 0  # read, but held no data, so the model did not run
     windows_run: int = 0
+    windows_resumed: int = 0  # finished by an earlier run of a resumed job: taken from its checkpoints
+    frames: int = 1
+    frames_failed: int = 0
     raw_detections: int = 0
     kept_detections: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
@@ -56,6 +77,7 @@ class JobResult:
     crs: object
     stats: JobStats
     config: JobConfig
+    frames: list[dict] | None = None  # the run report's per-frame record (set by the job)
 
     def __len__(self) -> int:
         return len(self.detections)
@@ -77,12 +99,7 @@ class JobResult:
     @cached_property
     def provenance(self) -> dict:
         """What every feature records of where it came from (its window is per feature)."""
-        from . import __version__
-
-        src = self.config.source
-        src = os.path.abspath(src) if os.path.exists(src) else src  # a local file by its full path; URIs as given
-        return {"source": src, "model": os.path.basename(self.config.model.rstrip("/")),
-                "model_sha256": self.model_sha256[:12], "tiler_version": __version__}
+        return frame_provenance(self.config, self.model_sha256)
 
     def to_file(self, path: str | os.PathLike, crs: str | None = None, provenance: bool | None = None) -> Path:
         """Write the features atomically, the format from the suffix (.geojson, .geojsonl, .gpkg, .fgb, .parquet).
@@ -90,9 +107,7 @@ class JobResult:
         EPSG:xxxx; `provenance` (default: the job's, on) adds source, window, model, model_sha256, tiler_version."""
         from .config import parse_crs
 
-        meta = {"source": os.path.basename(self.config.source),
-                "model": os.path.basename(self.config.model.rstrip("/")),
-                "task": self.task, "patch_size": list(self.config.patch_size), "overlap": list(self.config.overlap)}
+        meta = write_meta(self.config, self.task)
         t = time.perf_counter()
         out = write_detections(path, self.detections, self.names, self.georeferencer, meta,
                                crs=parse_crs(crs if crs is not None else self.config.crs),
@@ -143,7 +158,8 @@ class JobResult:
                 "stats": self.stats.to_dict(), "config": self.config.to_dict(),
                 "input_sha256": _local_sha256(self.config.source), "model_sha256": self.model_sha256,
                 "georeferenced": self.georeferencer is not None,
-                "crs": self.georeferencer.crs.to_string() if self.georeferencer is not None else None}
+                "crs": self.georeferencer.crs.to_string() if self.georeferencer is not None else None,
+                "frames": self.frames}
 
     def quicklook(self, path: str | os.PathLike, raster: str | os.PathLike | None = None, max_size: int = 4096,
                   window=None) -> Path:
@@ -186,3 +202,61 @@ def _local_sha256(uri: str) -> str | None:
     from .model.backends import file_sha256
 
     return file_sha256(uri) if os.path.isfile(uri) else None
+
+
+@dataclass
+class SurveyResult:
+    """What a job over several frames returns. Its features were written (`out`: one dataset, or one file per
+    frame in `out_dir`) frame by frame and are not held here; `results` holds each frame's `JobResult` only
+    when the job wrote nothing (the Python API without an output)."""
+
+    frame_list: list  # survey.Frame, in input order
+    names: dict[int, str]
+    task: str
+    stats: JobStats
+    config: JobConfig
+    results: list[JobResult] | None = None
+    out: Path | None = None
+    frames: list[dict] | None = None  # the run report's per-frame record
+
+    def __len__(self) -> int:
+        return self.stats.kept_detections
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """(source, error) of every frame that failed."""
+        return [(f.uri, f.error) for f in self.frame_list if not f.ok]
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.failed)
+
+    def report(self) -> dict:
+        """The run: totals, seconds per stage, the configuration and model checksum, and every frame (source,
+        status, error, windows planned / run / resumed, detections, seconds)."""
+        from . import __version__
+        from .model.backends import model_digest
+
+        return {"tiler_version": __version__, "task": self.task, "classes": {str(k): v for k, v in self.names.items()},
+                "stats": self.stats.to_dict(), "config": self.config.to_dict(),
+                "model_sha256": model_digest(self.config.model), "frames": self.frames,
+                "failed": [{"source": s, "error": e} for s, e in self.failed]}
+
+    def write_report(self, path: str | os.PathLike) -> Path:
+        import json
+
+        from .writers import atomic_text, check_writable
+
+        check_writable(path)
+        with atomic_text(path) as f:
+            json.dump(self.report(), f, indent=1)
+        return Path(path)
+
+    def summary(self) -> str:
+        s = self.stats
+        counts = ", ".join(f"{n} {c}" for c, n in sorted(s.kept_per_class.items(), key=lambda kv: -kv[1]))
+        failed = f", {s.frames_failed} failed" if s.frames_failed else ""
+        resumed = f", {s.windows_resumed} resumed from checkpoints" if s.windows_resumed else ""
+        return (f"{s.kept_detections} objects ({counts or 'none'}) from {s.frames} frames{failed}; "
+                f"{s.windows_run}/{s.windows_planned} windows run{resumed}; {s.seconds.get('total', 0):.1f} s "
+                f"({s.runner})")

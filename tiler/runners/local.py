@@ -1,64 +1,76 @@
-"""In-process runner: read the next batch in a thread while the model predicts the current one."""
+"""In-process executor: one model, loaded once for the whole job; the next batch is read in a thread while the
+model predicts the current one (GDAL releases the GIL while decoding), across frame boundaries too."""
 
 from __future__ import annotations
 
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
-
-from tqdm import tqdm
+from typing import Callable, Iterator
 
 from ..config import JobConfig
-from ..detections import Detections
-from ..pipeline import finish, has_data, infer_patches, make_predictor, read_patches, start_job
+from ..errors import RasterError
+from ..pipeline import BatchResult, BatchSpec, has_data, infer_patches, make_predictor, read_patches
 from ..raster import gdal_env
-from ..result import JobResult, JobStats
+from ..result import JobStats
 
 
-def run_local(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = None) -> JobResult:
-    """Run the job in this process. `on_progress(windows_done, windows_total)` is called after each batch."""
-    t_start = time.perf_counter()
-    stats = JobStats(runner="local")
-    source, window_plan = start_job(cfg, stats)
-    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
+class LocalExecutor:
+    """Turns `BatchSpec`s into `BatchResult`s in this process (see `survey.run_job` for the wiring)."""
+
+    def __init__(self, cfg: JobConfig, frames: list, stats: JobStats):
+        self.cfg, self.stats = cfg, stats
+        self.sources = {f.index: f.source for f in frames}
         t = time.perf_counter()
-        predictor = make_predictor(cfg)
-        stats.backend, stats.workers = predictor.backend, 1
+        self.predictor = make_predictor(cfg)
+        stats.backend, stats.workers = self.predictor.backend, 1
         stats.add_time("load_model", time.perf_counter() - t)
-        n = len(window_plan.window_ids)
-        starts = list(range(0, n, cfg.batch_size))
-        parts: list[Detections] = []
-        raster_size = (source.width, source.height)
+        self.names, self.task = self.predictor.names, self.predictor.task
+        self.model_threads = self.predictor.threads
 
-        def read(start: int):
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for source in self.sources.values():
+            source.close()
+
+    def run(self, specs: list[BatchSpec], failed: Callable[[int], bool]) -> Iterator[BatchResult]:
+        """Results in the order of `specs`. A frame that `failed` says has failed is not read any further."""
+        cfg = self.cfg
+        open_frame = [None]
+
+        def read(spec: BatchSpec):
+            if failed(spec.frame):
+                return None, 0.0, None
+            source = self.sources[spec.frame]
+            if open_frame[0] not in (None, spec.frame):  # one frame open at a time: surveys have thousands
+                self.sources[open_frame[0]].close()
+            open_frame[0] = spec.frame
             t0 = time.perf_counter()
-            sl = slice(start, start + cfg.batch_size)
-            patches = read_patches(source, cfg, window_plan.origins[sl], window_plan.window_ids[sl])
-            return sl, patches, time.perf_counter() - t0
+            try:
+                patches = read_patches(source, cfg, spec.origins, spec.window_ids)
+            except RasterError as exc:  # a corrupt window, or a frame gone since it was planned
+                return None, time.perf_counter() - t0, exc
+            return patches, time.perf_counter() - t0, None
 
-        done = 0
-        bar = tqdm(total=n, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
-        # GDAL releases the GIL while decoding, so the next read overlaps this batch's forward pass
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(read, starts[0]) if starts else None
-            for k in range(len(starts)):
-                sl, patches, read_s = pending.result()
-                pending = pool.submit(read, starts[k + 1]) if k + 1 < len(starts) else None
-                stats.add_time("read", read_s)
+        if not specs:
+            return
+        with gdal_env(list(self.sources.values()), cfg.patch_size[1], cfg.gdal_cache_mb), \
+                ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(read, specs[0])
+            for k, spec in enumerate(specs):
+                patches, read_s, error = pending.result()
+                pending = pool.submit(read, specs[k + 1]) if k + 1 < len(specs) else None
+                self.stats.add_time("read", read_s)
+                if patches is None:
+                    if error is not None:  # (else: the frame had failed already, and it was not read)
+                        yield BatchResult(spec.frame, spec.start, spec.window_ids, None, seconds=read_s, error=error)
+                    continue
                 t = time.perf_counter()
-                dets = infer_patches(predictor, cfg, raster_size, patches, window_plan.origins[sl],
-                                     window_plan.window_ids[sl])
-                stats.add_time("predict", time.perf_counter() - t)
-                stats.windows_empty += sum(1 for p in patches if not has_data(p))
-                parts.append(dets)
-                bar.update(len(patches))
-                done += len(patches)
-                if on_progress is not None:
-                    on_progress(done, n)
-        bar.close()
-        stats.windows_run = n - stats.windows_empty
-        result = finish(cfg, parts, source, window_plan.grid, predictor.names, predictor.task, stats)
-        source.close()
-    stats.add_time("total", time.perf_counter() - t_start)
-    return result
+                source = self.sources[spec.frame]
+                dets = infer_patches(self.predictor, cfg, (source.width, source.height), patches, spec.origins,
+                                     spec.window_ids)
+                predict_s = time.perf_counter() - t
+                self.stats.add_time("predict", predict_s)
+                yield BatchResult(spec.frame, spec.start, spec.window_ids, dets,
+                                  empty=sum(1 for p in patches if not has_data(p)), seconds=read_s + predict_s)

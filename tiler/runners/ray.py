@@ -1,6 +1,6 @@
-"""Ray runner: the same stages as the in-process runner, wired into a Ray Data pipeline.
+"""Ray executor: the same stages as the in-process one, wired into a Ray Data pipeline over every frame.
 
-    window coordinates (driver) -> read (each worker opens the raster URI itself)
+    batches of window coordinates, all frames (driver) -> read (each worker opens the frames itself)
         -> predict (actor pool; the model is loaded once per actor, on a GPU when the actor has one)
         -> detections streamed back to the driver -> merge -> writer
 
@@ -8,8 +8,9 @@ Ray Data fuses the read step into the actors' operator (same CPU request), so an
 its own batches: patches never cross a process boundary, only coordinates and detections do.
 
 The driver never touches pixels: it plans the windows (from raster metadata and a decimated mask) and
-ships only their coordinates. Lost actors and workers are retried by Ray; a window that cannot be read is
-an error naming the window, raised once, not retried forever.
+ships only their coordinates. Lost actors and workers are retried by Ray. A window that cannot be read is
+not retried: its batch comes back with the error as data (the `error` column), so the survey records
+its frame as failed, naming the window, and goes on.
 """
 
 from __future__ import annotations
@@ -20,17 +21,17 @@ import pickle
 import sys
 import time
 import warnings
-from typing import Any, Callable
+from collections import OrderedDict
+from typing import Any, Callable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from ..config import JobConfig
 from ..detections import Detections
-from ..errors import TilerError, WindowReadError
-from ..pipeline import finish, has_data, infer_patches, make_predictor, open_source, read_patches, start_job
+from ..errors import RasterError, TilerError
+from ..pipeline import BatchResult, BatchSpec, has_data, infer_patches, make_predictor, read_patches
 from ..raster import RasterSource, gdal_env
-from ..result import JobResult, JobStats
+from ..result import JobStats
 from . import _reaper
 
 # Test hook: when this names a file that does not exist yet, the first actor batch creates it and kills
@@ -38,36 +39,46 @@ from . import _reaper
 CRASH_ONCE_ENV = "TILER_TEST_CRASH_ONCE"
 WINDOWS_PER_BLOCK = 64  # each read task carries many windows: scheduling cost stays small per window
 
-_SOURCES: dict[tuple, RasterSource] = {}  # per worker process: raster opened once, reused by later tasks
+OPEN_FRAMES = 8  # rasters a worker keeps open: surveys have thousands of frames
+_SOURCES: OrderedDict[int, RasterSource] = OrderedDict()  # per worker process: frames opened, reused by later tasks
 
 
-def _worker_source(cfg: JobConfig) -> RasterSource:
-    key = (cfg.source, cfg.bands)
-    if key not in _SOURCES:
-        _SOURCES[key] = open_source(cfg)
-    return _SOURCES[key]
+def _worker_source(frame: int, sources: dict[int, RasterSource]) -> RasterSource:
+    if frame in _SOURCES:
+        _SOURCES.move_to_end(frame)
+    else:
+        _SOURCES[frame] = sources[frame]  # its metadata and stretch from the driver; the dataset opens on read
+        if len(_SOURCES) > OPEN_FRAMES:
+            _SOURCES.popitem(last=False)[1].close()
+    return _SOURCES[frame]
 
 
-def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig) -> dict[str, np.ndarray]:
+def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int, RasterSource]
+                 ) -> dict[str, np.ndarray]:
     """Ray Data task: read the patches of some model batches on the worker.
 
-    A row is one model batch (`cfg.batch_size` windows, padded arrays plus a count), exactly as the local
-    runner groups windows, so the model sees identical batches and both runners give identical output."""
-    source = _worker_source(cfg)
-    with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-        packed, failed = [], []
-        for count, wid, x0, y0 in zip(batch["count"], batch["window_id"], batch["x0"], batch["y0"]):
-            origins = np.stack([x0[:count], y0[:count]], axis=1)
-            try:
+    A row is one model batch (`cfg.batch_size` windows of one frame, padded arrays plus a count), exactly as
+    the local executor groups windows, so the model sees identical batches and both give identical output."""
+    packed, errors, sizes = [], [], []
+    for frame, count, wid, x0, y0 in zip(batch["frame"], batch["count"], batch["window_id"], batch["x0"],
+                                         batch["y0"]):
+        source = _worker_source(int(frame), sources)
+        sizes.append((source.width, source.height))
+        origins = np.stack([x0[:count], y0[:count]], axis=1)
+        t = time.perf_counter()
+        try:
+            with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
                 packed.append(pickle.dumps(np.stack(read_patches(source, cfg, origins, wid[:count])), protocol=5))
-                failed.append(False)
-            except WindowReadError as exc:
-                # a corrupt window is the user's problem, not a transient one: carry it to the driver as
-                # data, so it is reported with its window id once instead of being retried
-                packed.append(pickle.dumps(exc))
-                failed.append(True)
-    return {**batch, "raster_w": np.full(len(packed), source.width), "raster_h": np.full(len(packed), source.height),
-            "patches": np.array(packed, dtype=object), "failed": np.array(failed)}
+            errors.append(b"")
+        except RasterError as exc:
+            # a corrupt window (or a frame gone since it was planned) is the user's problem, not a transient
+            # one: it travels to the driver as data, which records its frame as failed, instead of a retry
+            packed.append(b"")
+            errors.append(pickle.dumps(exc))
+        sizes[-1] += (time.perf_counter() - t,)
+    size = np.array(sizes)
+    return {**batch, "raster_w": size[:, 0].astype(np.int64), "raster_h": size[:, 1].astype(np.int64),
+            "read_s": size[:, 2], "patches": np.array(packed, dtype=object), "error": np.array(errors, dtype=object)}
 
 
 class PredictActor:
@@ -75,8 +86,7 @@ class PredictActor:
 
     def __init__(self, cfg: JobConfig):
         # A GPU-less node still gets a working actor: resolve_device falls back to CPU.
-        threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
-        self.cfg = cfg.replace(threads=threads)
+        self.cfg = cfg.replace(threads=_actor_threads(cfg))
         self.predictor = make_predictor(self.cfg)
         import ray
 
@@ -89,27 +99,33 @@ class PredictActor:
             with open(crash_file, "w") as f:
                 f.write(str(os.getpid()))
             os._exit(1)  # simulate a lost actor mid-batch
-        out = {"detections": [], "windows": [], "empty": []}
+        out = {"detections": [], "empty": [], "seconds": []}
         for k in range(len(batch["count"])):
             count = int(batch["count"][k])
-            if batch["failed"][k]:
-                out["detections"].append(batch["patches"][k])  # the pickled WindowReadError, passed on
-                out["windows"].append(count)
-                out["empty"].append(0)
+            if batch["error"][k]:
+                out["detections"].append(b""), out["empty"].append(0), out["seconds"].append(batch["read_s"][k])
                 continue
+            t = time.perf_counter()
             patches = list(pickle.loads(batch["patches"][k]))
             origins = np.stack([batch["x0"][k][:count], batch["y0"][k][:count]], axis=1)
             raster_size = (int(batch["raster_w"][k]), int(batch["raster_h"][k]))
             dets = infer_patches(self.predictor, self.cfg, raster_size, patches, origins,
                                  batch["window_id"][k][:count])
             out["detections"].append(pickle.dumps(dets, protocol=5))  # columnar detections travel as one object
-            out["windows"].append(count)
             out["empty"].append(sum(1 for p in patches if not has_data(p)))
-        restarted = np.zeros(len(out["windows"]), dtype=np.int64)
+            out["seconds"].append(batch["read_s"][k] + time.perf_counter() - t)
+        restarted = np.zeros(len(out["empty"]), dtype=np.int64)
         if self.unreported_restart and len(restarted):
             restarted[0], self.unreported_restart = 1, False
-        return {"detections": np.array(out["detections"], dtype=object), "windows": np.array(out["windows"]),
-                "empty": np.array(out["empty"]), "restarted": restarted, "failed": batch["failed"]}
+        return {"frame": batch["frame"], "start": batch["start"], "count": batch["count"],
+                "window_id": batch["window_id"], "detections": np.array(out["detections"], dtype=object),
+                "empty": np.array(out["empty"]), "seconds": np.array(out["seconds"]), "restarted": restarted,
+                "error": batch["error"]}
+
+
+def _actor_threads(cfg: JobConfig) -> int:
+    """Torch threads of each actor's model: as asked, else the CPUs the actor reserves."""
+    return cfg.threads or max(1, int(cfg.cpus_per_worker))
 
 
 def _actor_class(cfg: JobConfig) -> type:
@@ -127,15 +143,11 @@ def _pad(values: np.ndarray, length: int) -> np.ndarray:
     return np.pad(np.asarray(values, np.int64), (0, length - len(values)))
 
 
-def _batch_rows(window_ids: np.ndarray, origins: np.ndarray, batch_size: int) -> list[dict]:
-    """One row per model batch, in window order; fixed-length (padded) arrays so blocks stay columnar."""
-    rows = []
-    for start in range(0, len(window_ids), batch_size):
-        sl = slice(start, start + batch_size)
-        count = len(window_ids[sl])
-        rows.append({"start": start, "count": count, "window_id": _pad(window_ids[sl], batch_size),
-                     "x0": _pad(origins[sl, 0], batch_size), "y0": _pad(origins[sl, 1], batch_size)})
-    return rows
+def _batch_rows(specs: list[BatchSpec], batch_size: int) -> list[dict]:
+    """One row per model batch; fixed-length (padded) arrays so blocks stay columnar."""
+    return [{"frame": s.frame, "start": s.start, "count": len(s.window_ids),
+             "window_id": _pad(s.window_ids, batch_size), "x0": _pad(s.origins[:, 0], batch_size),
+             "y0": _pad(s.origins[:, 1], batch_size)} for s in specs]
 
 
 class _EmbeddedRay:
@@ -218,83 +230,90 @@ def _actor_plan(cfg: JobConfig) -> tuple[int, int, float]:
     return 1, n, gpu_each
 
 
-def run_ray(cfg: JobConfig, on_progress: Callable[[int, int], None] | None = None) -> JobResult:
-    """Run the job on Ray. `on_progress(windows_done, windows_total)` is called as results arrive."""
-    import ray
+class RayExecutor:
+    """Turns `BatchSpec`s into `BatchResult`s on Ray (see `survey.run_job` for the wiring): joins the cluster
+    (or starts an embedded one, stopped on exit), one actor pool for the whole job."""
 
-    t_start = time.perf_counter()
-    stats = JobStats(runner="ray")
-    source, window_plan = start_job(cfg, stats)
-    source.close()  # the driver needs only its metadata from here on; workers open their own
-    # the driver checks the model once, so a bad file is a one-line error, not a failed actor pool
-    from ..model import backends, load_model
+    def __init__(self, cfg: JobConfig, frames: list, stats: JobStats):
+        self.cfg, self.stats = cfg, stats
+        self.sources = {f.index: f.source for f in frames}
+        # the driver checks the model once, so a bad file is a one-line error, not a failed actor pool
+        from ..model import backends, load_model
 
-    t = time.perf_counter()
-    probe = load_model(cfg.model)
-    names, task = dict(probe.names), probe.task
-    del probe
-    stats.backend = backends.model_format(cfg.model) if cfg.backend == "auto" else cfg.backend
-    if cfg.backend in ("openvino", "onnx", "torchscript") and backends.model_format(cfg.model) == "torch":
-        # exported once here, under the cache's lock, so actors on this machine load it instead of each exporting
-        backends.exported_model(cfg.model, cfg.backend, cfg.model_imgsz, cfg.batch_size)
-    stats.add_time("check_model", time.perf_counter() - t)
-    t = time.perf_counter()
-    embedded = _init_ray(cfg)
-    try:
-        import ray.data
-
-        # our progress bar and summary say enough; Ray Data configures its loggers on import
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.verbose_progress = False
-        min_actors, max_actors, gpu_each = _actor_plan(cfg)
-        n = len(window_plan.window_ids)
-        stats.add_time("ray_start", time.perf_counter() - t)
         t = time.perf_counter()
-        parts: list[Detections] = []
-        if n:
-            rows = _batch_rows(window_plan.window_ids, window_plan.origins, cfg.batch_size)
+        probe = load_model(cfg.model)
+        self.names, self.task = dict(probe.names), probe.task
+        del probe
+        stats.backend = backends.model_format(cfg.model) if cfg.backend == "auto" else cfg.backend
+        if cfg.backend in ("openvino", "onnx", "torchscript") and backends.model_format(cfg.model) == "torch":
+            # exported once here, under the cache's lock, so actors on this machine load it instead of each
+            backends.exported_model(cfg.model, cfg.backend, cfg.model_imgsz, cfg.batch_size)
+        stats.add_time("check_model", time.perf_counter() - t)
+        t = time.perf_counter()
+        self.embedded = _init_ray(cfg)
+        try:
+            import ray.data
+
+            # our progress bar and summary say enough; Ray Data configures its loggers on import
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.verbose_progress = False
+            self.min_actors, self.max_actors, self.gpu_each = _actor_plan(cfg)
+        except BaseException:
+            self.__exit__()
+            raise
+        stats.workers = self.max_actors
+        self.model_threads = _actor_threads(cfg) if not self.gpu_each else None
+        stats.add_time("ray_start", time.perf_counter() - t)
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+            self.embedded = None
+
+    def run(self, specs: list[BatchSpec], failed: Callable[[int], bool]) -> Iterator[BatchResult]:
+        """Results in the order they finish (the survey does not care). `failed` is not consulted: batches
+        already queued on the cluster run; the survey ignores those of a failed frame."""
+        if not specs:
+            return
+        import ray
+
+        cfg = self.cfg
+        t = time.perf_counter()
+        try:
+            rows = _batch_rows(specs, cfg.batch_size)
             per_task = max(1, WINDOWS_PER_BLOCK // cfg.batch_size)  # model batches per read task
             # blocks of many windows each, but enough of them to keep every actor busy on small jobs
-            n_blocks = min(len(rows), max(-(-len(rows) // per_task), 4 * max_actors))
+            n_blocks = min(len(rows), max(-(-len(rows) // per_task), 4 * self.max_actors))
             ds = ray.data.from_items(rows, override_num_blocks=n_blocks)
             # Ray Data retries read tasks lost with their worker, and restarts lost actors and their batches
             # (its defaults: max_restarts=-1, max_task_retries=-1); exceptions from our code are not retried.
-            ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg}, batch_size=per_task, num_cpus=1)
+            ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg, "sources": self.sources}, batch_size=per_task,
+                                num_cpus=1)
             hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV,) if k in os.environ}
-            ds = ds.map_batches(_actor_class(cfg), batch_size=1, num_gpus=gpu_each, num_cpus=cfg.cpus_per_worker,
-                                compute=ray.data.ActorPoolStrategy(min_size=min_actors, max_size=max_actors),
+            ds = ds.map_batches(_actor_class(cfg), batch_size=1, num_gpus=self.gpu_each,
+                                num_cpus=cfg.cpus_per_worker,
+                                compute=ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
                                 runtime_env={"env_vars": hooks} if hooks else None)
-            done = 0
-            bar = tqdm(total=n, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
             for row in ds.iter_rows():
-                if row["failed"]:
-                    raise pickle.loads(row["detections"])
-                parts.append(pickle.loads(row["detections"]))
-                stats.windows_empty += int(row["empty"])
-                stats.actor_restarts += int(row["restarted"])
-                bar.update(int(row["windows"]))
-                done += int(row["windows"])
-                if on_progress is not None:
-                    on_progress(done, n)
-            bar.close()
-        stats.add_time("predict", time.perf_counter() - t)
-        stats.workers = max_actors
-    except TilerError:
-        raise
-    except Exception as exc:  # Ray wraps errors raised in tasks and actors; report ours as themselves
-        inner = _tiler_cause(exc)
-        if inner is not None:
-            raise inner from None
-        raise TilerError(f"ray job failed: {type(exc).__name__}: {_last_line(exc)}") from exc
-    finally:
-        if embedded is not None:
-            embedded.stop()
-    stats.windows_run = len(window_plan.window_ids) - stats.windows_empty
-    result = finish(cfg, parts, source, window_plan.grid, names, task, stats)
-    stats.add_time("total", time.perf_counter() - t_start)
-    return result
+                count = int(row["count"])
+                error = pickle.loads(row["error"]) if row["error"] else None
+                yield BatchResult(int(row["frame"]), int(row["start"]), np.asarray(row["window_id"][:count]),
+                                  None if error else pickle.loads(row["detections"]), empty=int(row["empty"]),
+                                  seconds=float(row["seconds"]), error=error, restarted=int(row["restarted"]))
+        except TilerError:
+            raise
+        except Exception as exc:  # Ray wraps errors raised in tasks and actors; report ours as themselves
+            inner = _tiler_cause(exc)
+            if inner is not None:
+                raise inner from None
+            raise TilerError(f"ray job failed: {type(exc).__name__}: {_last_line(exc)}") from exc
+        finally:
+            self.stats.add_time("predict", time.perf_counter() - t)
 
 
 def _tiler_cause(exc: BaseException) -> TilerError | None:

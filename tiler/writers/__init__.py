@@ -20,9 +20,10 @@ from ..georef import Georeferencer
 from .base import (CRS_CHOICES, FORMATS, PIXEL_SPACE_NOTE, atomic_path, atomic_text, check_output_path,
                    check_writable, output_crs, output_format)
 from .features import PROVENANCE, FeatureSet
+from .sink import open_sink
 
 __all__ = ["CRS_CHOICES", "FORMATS", "PIXEL_SPACE_NOTE", "PROVENANCE", "FeatureSet", "atomic_path", "atomic_text",
-           "check_output_path", "check_writable", "output_crs", "output_format", "write_detections"]
+           "check_output_path", "check_writable", "open_sink", "output_crs", "output_format", "write_detections"]
 
 
 def write_detections(path: str | os.PathLike, dets: Detections, names: dict[int, str], geo: Georeferencer | None,

@@ -1,0 +1,417 @@
+"""The wiring of a job: its frames planned, every frame's batches through one executor, each frame merged as
+soon as its last batch is in, checkpoints as work arrives, duplicates across overlapping frames dropped,
+outputs written.
+
+One raster is a survey of one frame, and gives what it always gave: a `JobResult` with its detections. A
+survey of several frames gives a `SurveyResult`: its features are written frame by frame, never all held at
+once, and a frame that cannot be read is recorded and the survey goes on. The executors (`runners/`) only
+turn `BatchSpec`s into `BatchResult`s, in this process or on Ray; everything here is the same for both.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from .checkpoint import WorkDir, default_work_dir, frame_identity
+from .config import JobConfig
+from .detections import Detections
+from .errors import ConfigError, RasterError, TilerError
+from .io.survey import expand_inputs
+from .pipeline import BatchResult, BatchSpec, WindowPlan, batch_specs, merge, plan
+from .raster import RasterSource, gdal_env
+from .result import JobResult, JobStats, SurveyResult, class_counts
+
+
+@dataclass
+class Frame:
+    """One raster of a job, and its accounting."""
+
+    index: int
+    uri: str
+    source: RasterSource | None = None  # metadata (its dataset closed; readers reopen it)
+    plan: WindowPlan | None = None
+    error: str | None = None
+    windows_resumed: int = 0  # taken from checkpoints, not computed again
+    windows_run: int = 0
+    windows_empty: int = 0
+    raw_detections: int = 0
+    merged_detections: int = 0  # after the seam merge
+    kept_detections: int = 0  # after cross-frame deduplication
+    seconds: float = 0.0
+    raw_per_class: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def fail(self, error: str) -> None:
+        self.error = error
+
+    def accounting(self) -> dict:
+        return {k: getattr(self, k) for k in ("windows_resumed", "windows_run", "windows_empty", "raw_detections",
+                                              "merged_detections", "seconds", "raw_per_class")}
+
+    def report(self) -> dict:
+        p = self.plan
+        return {"source": self.uri, "status": "ok" if self.ok else "failed", "error": self.error,
+                "windows_planned": p.planned if p else 0, "windows_skipped": p.skipped if p else 0,
+                "windows_run": self.windows_run, "windows_resumed": self.windows_resumed,
+                "windows_empty": self.windows_empty, "raw_detections": self.raw_detections,
+                "merged_detections": self.merged_detections, "kept_detections": self.kept_detections, "seconds": round(self.seconds, 3)}
+
+
+def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
+    """Open and plan every frame. A frame that cannot be opened is recorded as failed (a single raster, or
+    `fail_fast`, raises instead), as is a frame without georeferencing in a survey of georeferenced ones."""
+    single = len(uris) == 1
+    frames = []
+    for i, uri in enumerate(uris):
+        frame = Frame(i, uri)
+        try:
+            source = RasterSource(uri, bands=cfg.bands)
+            with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
+                frame.plan = plan(cfg, source)
+            source.close()
+            frame.source = source
+        except RasterError as exc:
+            if single or cfg.fail_fast:
+                raise
+            frame.fail(str(exc))
+        frames.append(frame)
+    ok = [f for f in frames if f.ok]
+    if any(f.source.georeferenced for f in ok):
+        for f in ok:
+            if not f.source.georeferenced:
+                f.fail(f"{f.uri} has no georeferencing, unlike the other frames of the survey")
+                if cfg.fail_fast:
+                    raise RasterError(f.error)
+    if not any(f.ok for f in frames):
+        first = next(f for f in frames if not f.ok)
+        raise RasterError(f"none of the {len(frames)} frames could be read (first: {first.error})")
+    return frames
+
+
+class FrameAssembler:
+    """Collects each frame's batches; when a frame's last batch is in, merges it across its seams and lets
+    its raw detections go (to the checkpoint, or to memory when the job has no work dir)."""
+
+    def __init__(self, cfg: JobConfig, frames: list[Frame], names: dict[int, str], task: str,
+                 work: WorkDir | None, stats: JobStats):
+        self.cfg, self.frames, self.names, self.task, self.work, self.stats = cfg, frames, names, task, work, stats
+        self.parts: dict[int, list[Detections]] = {}
+        self.remaining: dict[int, int] = {}
+        self.merged: dict[int, Detections] = {}  # when there is no work dir
+        self.done: set[int] = set()
+
+    def specs(self, resume: bool) -> list[BatchSpec]:
+        """The batches still to run, after restoring what the work dir holds when resuming."""
+        done_frames = self.work.done_frames() if resume and self.work else set()
+        done_batches = self.work.done_batches() if resume and self.work else {}
+        todo: list[BatchSpec] = []
+        for f in self.frames:
+            if not f.ok:
+                continue
+            if f.index in done_frames:
+                _, acct = self.work.load_frame(f.index)
+                for k, v in acct.items():
+                    setattr(f, k, v)
+                f.windows_resumed, f.windows_run = f.windows_resumed + f.windows_run, 0
+                self.done.add(f.index)
+                continue
+            specs = batch_specs(f.index, f.plan, self.cfg.batch_size)
+            have = set(done_batches.get(f.index, ()))
+            self.parts[f.index] = []
+            for s in specs:
+                if s.start in have:
+                    wids, dets, empty = self.work.load_batch(f.index, s.start)
+                    self.parts[f.index].append(dets)
+                    f.windows_resumed += len(wids) - empty
+                    f.windows_empty += empty
+                else:
+                    todo.append(s)
+            self.remaining[f.index] = sum(1 for s in specs if s.start not in have)
+            if not self.remaining[f.index]:
+                self._complete(f)
+        return todo
+
+    def failed(self, frame: int) -> bool:
+        return not self.frames[frame].ok
+
+    def add(self, res: BatchResult) -> None:
+        f = self.frames[res.frame]
+        self.stats.actor_restarts += res.restarted
+        if not f.ok:
+            return
+        if res.error is not None:
+            f.fail(str(res.error))
+            self.parts.pop(f.index, None)
+            if self.cfg.fail_fast or len(self.frames) == 1:
+                raise res.error
+            return
+        f.windows_run += len(res.window_ids) - res.empty
+        f.windows_empty += res.empty
+        f.seconds += res.seconds
+        if self.work is not None and self.work.checkpoints:
+            self.work.save_batch(f.index, res.start, res.window_ids, res.detections, res.empty)
+        self.parts[f.index].append(res.detections)
+        self.remaining[f.index] -= 1
+        if not self.remaining[f.index]:
+            self._complete(f)
+
+    def _complete(self, f: Frame) -> None:
+        raw = Detections.concat(self.parts.pop(f.index))
+        raw = raw.take(np.argsort(raw.window, kind="stable"))  # batches arrive in any order; the merge must not care
+        t = time.perf_counter()
+        merged = merge(self.cfg, raw, self.task, f.plan.grid.clipped_bounds())
+        dt = time.perf_counter() - t
+        self.stats.add_time("merge", dt)
+        f.seconds += dt
+        f.raw_detections, f.merged_detections = len(raw), len(merged)
+        f.raw_per_class = class_counts(raw, self.names)
+        if self.work is not None:
+            self.work.save_frame(f.index, merged, f.accounting())
+        else:
+            self.merged[f.index] = merged
+        self.done.add(f.index)
+
+    def merged_of(self, index: int) -> Detections:
+        if index in self.merged:
+            return self.merged[index]
+        return self.work.load_frame(index)[0]
+
+    def final(self, dedup) -> Iterator[tuple[Frame, Detections]]:
+        """Every good frame's detections, in frame order, less those a neighbouring frame saw better."""
+        for f in self.frames:
+            if not f.ok:
+                continue
+            dets = self.merged_of(f.index)
+            if dedup is not None:
+                t = time.perf_counter()
+                dets = dets.take(np.flatnonzero(dedup.keep(f.index, dets)))
+                self.stats.add_time("dedup_frames", time.perf_counter() - t)
+            f.kept_detections = len(dets)
+            self.merged.pop(f.index, None)
+            yield f, dets
+
+
+def make_dedup(cfg: JobConfig, frames: list[Frame], load: Callable[[int], Detections]):
+    """The cross-frame deduplication this job uses, or None: on when asked, or (unset) when georeferenced
+    frames overlap on the ground."""
+    if cfg.dedup_frames is False:
+        return None
+    geo = [f for f in frames if f.ok and f.source.georeferenced]
+    if not geo:
+        if cfg.dedup_frames:
+            raise ConfigError("dedup_frames needs georeferenced frames (these have pixel coordinates only)")
+        return None
+    from .merge.frames import FrameDedup, FrameGeo
+
+    dedup = FrameDedup([FrameGeo(f.index, f.source.width, f.source.height, f.source.transform, f.source.crs)
+                        for f in geo], load, cfg.match_metric, cfg.nms_threshold, cfg.class_agnostic)
+    return dedup if (cfg.dedup_frames or dedup.any_overlap) else None
+
+
+def _native_crs(frames: list[Frame]):
+    """The CRS `auto`/`native` outputs of a survey are written in: its first georeferenced frame's."""
+    return next((f.source.crs for f in frames if f.ok and f.source.georeferenced), None)
+
+
+def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None] | None = None
+            ) -> JobResult | SurveyResult:
+    """Run the job (see the module docstring) and write its outputs."""
+    from .writers import check_output_path, output_crs, output_format
+
+    t_start = time.perf_counter()
+    stats = JobStats(runner=runner)
+    uris = expand_inputs(cfg.sources)
+    single = len(uris) == 1
+    if single and not isinstance(cfg.source, str):
+        cfg = cfg.replace(source=uris[0])
+    t = time.perf_counter()
+    frames = plan_frames(cfg, uris)
+    stats.add_time("plan", time.perf_counter() - t)
+    if cfg.out:  # a CRS the output cannot have is found now, not after the job
+        check_output_path(cfg.out, cfg.crs)
+        output_crs(output_format(cfg.out), cfg.crs, _native_crs(frames))
+    if cfg.out_dir:
+        _make_out_dir(cfg.out_dir)
+    if runner == "ray":
+        from .runners.ray import RayExecutor as Executor
+    else:
+        from .runners.local import LocalExecutor as Executor
+    work: WorkDir | None = None
+    try:
+        with Executor(cfg, [f for f in frames if f.ok], stats) as executor:
+            names, task = executor.names, executor.task
+            work = _open_work_dir(cfg, uris, single, executor.model_threads)
+            assembler = FrameAssembler(cfg, frames, names, task, work, stats)
+            todo = assembler.specs(cfg.resume)
+            total = sum(len(s.window_ids) for s in todo)
+            bar = tqdm(total=total, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
+            done = 0
+            for res in executor.run(todo, assembler.failed):
+                assembler.add(res)
+                n = len(res.window_ids)
+                bar.update(n)
+                done += n
+                if on_progress is not None:
+                    on_progress(done, total)
+            bar.close()
+        if single:
+            result = _single_result(cfg, frames[0], assembler, names, task, stats)
+        else:
+            result = _survey_result(cfg, frames, assembler, make_dedup(cfg, frames, assembler.merged_of), names,
+                                    task, stats)
+        _account(stats, frames)
+        result.frames = [f.report() for f in frames]
+        stats.add_time("total", time.perf_counter() - t_start)
+        if cfg.report:
+            result.write_report(cfg.report)
+    except TilerError:
+        # the input or the configuration is at fault: checkpoints this run made would only block a rerun
+        # (a resumed run's are kept: they hold earlier work)
+        if work is not None and not (work.checkpoints and cfg.resume):
+            work.remove()
+        raise
+    except BaseException:  # interrupted or crashed: the checkpoints are what --resume continues from
+        if work is not None and not work.checkpoints:
+            work.remove()
+        raise
+    if work is not None and not (cfg.keep_work and work.checkpoints):
+        work.remove()
+    return result
+
+
+def _open_work_dir(cfg: JobConfig, uris: list[str], single: bool, model_threads: int | None) -> WorkDir | None:
+    """The run's checkpoints (new, or found again with `resume`); without them, a survey's spool of merged
+    frames; or None (one raster and nothing to put a work dir beside)."""
+    path = (cfg.work_dir or default_work_dir(cfg.out, cfg.out_dir)) if cfg.checkpoint else None
+    if path is not None:
+        work = WorkDir(path)
+        work.start(_fingerprint(cfg, uris, model_threads), cfg.resume)
+        return work
+    if cfg.resume:
+        raise ConfigError("resume needs the work dir: give out, out_dir or work_dir")
+    if not single and (cfg.out or cfg.out_dir):
+        return WorkDir.spool(cfg.out or cfg.out_dir.rstrip("/\\"))
+    return None
+
+
+def _fingerprint(cfg: JobConfig, uris: list[str], model_threads: int | None) -> dict:
+    """What a resumed run must share with the run it continues. The model's CPU threads count: torch's sums
+    run in another order with another number of threads, and a detection can come out a hair different."""
+    from . import __version__
+    from .model.backends import model_digest
+
+    return {"config": {**cfg.fingerprint(), "threads per model": model_threads},
+            "model_sha256": model_digest(cfg.model),
+            "frames": [frame_identity(u) for u in uris], "tiler_version": __version__}
+
+
+def _account(stats: JobStats, frames: list[Frame]) -> None:
+    """The job's totals from its frames'."""
+    ok = [f for f in frames if f.ok]
+    stats.frames, stats.frames_failed = len(frames), len(frames) - len(ok)
+    stats.windows_planned = sum(f.plan.planned for f in frames if f.plan)
+    stats.windows_skipped = sum(f.plan.skipped for f in frames if f.plan)
+    stats.windows_empty = sum(f.windows_empty for f in ok)
+    stats.windows_run = sum(f.windows_run for f in ok)
+    stats.windows_resumed = sum(f.windows_resumed for f in ok)
+    stats.raw_detections = sum(f.raw_detections for f in ok)
+    stats.kept_detections = sum(f.kept_detections for f in ok)
+    raw: dict[str, int] = {}
+    for f in ok:
+        for k, v in f.raw_per_class.items():
+            raw[k] = raw.get(k, 0) + v
+    stats.raw_per_class = raw
+
+
+def _single_result(cfg, frame: Frame, assembler: FrameAssembler, names, task, stats) -> JobResult:
+    (_, dets), = assembler.final(None)
+    src = frame.source
+    result = JobResult(dets, names, task, src.transform if src.georeferenced else None,
+                       src.crs if src.georeferenced else None, stats, cfg)
+    stats.kept_per_class = class_counts(dets, names)
+    if cfg.out:
+        result.to_file(cfg.out)
+    elif cfg.out_dir:
+        result.to_file(_frame_paths(cfg, [frame])[frame.index])
+    return result
+
+
+def _make_out_dir(path: str) -> None:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"out_dir exists and is not a folder: {p}")
+    try:
+        p.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create out_dir {p}: {exc.strerror}") from None
+
+
+def _frame_paths(cfg: JobConfig, frames: list[Frame]) -> dict[int, Path]:
+    """One output per frame, named after it (its index added where two frames share a name)."""
+    stems = [Path(f.uri.rstrip("/")).stem or f"frame{f.index}" for f in frames]
+    out = {}
+    for f, stem in zip(frames, stems):
+        name = stem if stems.count(stem) == 1 else f"{stem}-{f.index}"
+        out[f.index] = Path(cfg.out_dir) / f"{name}.{cfg.out_format}"
+    return out
+
+
+def _survey_result(cfg, frames, assembler, dedup, names, task, stats) -> SurveyResult:
+    from .result import frame_provenance, write_meta
+    from .writers import open_sink
+
+    from .model.backends import model_digest
+
+    ok = [f for f in frames if f.ok]
+    model_sha256 = model_digest(cfg.model)
+    results = [] if not (cfg.out or cfg.out_dir) else None
+    kept_counts: dict[str, int] = {}
+    t = time.perf_counter()
+    sink = open_sink(cfg.out, cfg.crs, _native_crs(frames), write_meta(cfg, task, len(frames))) if cfg.out else None
+    paths = _frame_paths(cfg, ok) if cfg.out_dir else {}
+    try:
+        for f, dets in assembler.final(dedup):
+            for k, v in class_counts(dets, names).items():
+                kept_counts[k] = kept_counts.get(k, 0) + v
+            src = f.source
+            frame_cfg = cfg.for_frame(f.uri)
+            if results is not None:
+                results.append(JobResult(dets, names, task, src.transform if src.georeferenced else None,
+                                         src.crs if src.georeferenced else None, JobStats(runner=stats.runner),
+                                         frame_cfg))
+                continue
+            prov = frame_provenance(frame_cfg, model_sha256) if cfg.provenance else None
+            geo = _georeferencer(src)
+            if sink is not None:
+                sink.write(dets, names, geo, prov)
+            else:
+                from .writers import write_detections
+
+                write_detections(paths[f.index], dets, names, geo, write_meta(frame_cfg, task, 1), crs=cfg.crs,
+                                 provenance=prov)
+        if sink is not None:
+            sink.commit()
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        raise
+    stats.add_time("write", time.perf_counter() - t)
+    stats.kept_per_class = kept_counts
+    return SurveyResult(frames, names, task, stats, cfg, results, Path(cfg.out) if cfg.out else None)
+
+
+def _georeferencer(src: RasterSource):
+    from .georef import Georeferencer
+
+    return Georeferencer(src.transform, src.crs) if src.georeferenced else None
