@@ -9,7 +9,8 @@ of frames; what checkpoints cost.
    not overlapping) as one job writing one GeoPackage, against FRAMES runs of `tiler predict`, one per frame,
    each writing its own GeoPackage. Target: one job <= 0.7x.
 2. Checkpoint overhead: the same one-job survey with and without checkpoints (`--no-checkpoint`), alternated,
-   two runs each, medians. Target <= 3 %.
+   two runs each, medians of the wall time; and, less noisy, the seconds the job itself spent writing
+   checkpoints (its report's `checkpoint` stage) as a share of its total. Target <= 3 %.
 3. Driver peak memory (the `tiler predict` process's peak RSS, from getrusage in a wrapper that runs only it)
    for surveys of MEM-FRAMES frames of MEM-SIZE x MEM-SIZE (copies of generated scenes placed side by side).
    Target: the larger survey within +10 % of the smaller.
@@ -67,6 +68,12 @@ def run(args: list[str]) -> float:
     return time.perf_counter() - t
 
 
+def checkpoint_share(report: Path) -> tuple[float, float]:
+    """(seconds writing checkpoints, the job's total seconds) from a run report."""
+    s = json.loads(report.read_text())["stats"]["seconds"]
+    return s.get("checkpoint", 0.0), s["total"]
+
+
 def peak_rss_mb(args: list[str]) -> float:
     """Peak RSS of one `tiler predict` process (a wrapper that starts only it reads its children's peak)."""
     code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True); "
@@ -86,7 +93,9 @@ def main() -> int:
     ap.add_argument("--mem-frames", default="20,80")
     ap.add_argument("--mem-size", type=int, default=2048)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--parts", default="wall,checkpoint,memory", help="which measurements, comma-separated")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
     root = Path(tempfile.mkdtemp(prefix="bench_survey_"))
     results: dict = {"frames": a.frames, "size": a.size}
     try:
@@ -94,25 +103,38 @@ def main() -> int:
         frames = make_frames(root / "frames", a.frames, a.size)
         print(f"made {a.frames} frames of {a.size}^2 in {time.perf_counter() - t:.0f} s", flush=True)
 
-        one = run([root / "frames", "--out", root / "survey.gpkg", *ARGS])
-        t = time.perf_counter()
-        for k, f in enumerate(frames):
-            run([f, "--out", root / f"single_{k:03d}.gpkg", *ARGS])
-        separate = time.perf_counter() - t
-        results.update(one_job_s=round(one, 1), separate_s=round(separate, 1), ratio=round(one / separate, 3))
-        print(f"one job {one:.1f} s, {a.frames} separate runs {separate:.1f} s: {one / separate:.3f}x", flush=True)
+        with_ckpt, without, shares = [], [], []
+        if "wall" in parts:
+            one = run([root / "frames", "--out", root / "survey.gpkg", "--report", root / "r_one.json", *ARGS])
+            with_ckpt.append(one)
+            shares.append(checkpoint_share(root / "r_one.json"))
+            t = time.perf_counter()
+            for k, f in enumerate(frames):
+                run([f, "--out", root / f"single_{k:03d}.gpkg", *ARGS])
+            separate = time.perf_counter() - t
+            results.update(one_job_s=round(one, 1), separate_s=round(separate, 1), ratio=round(one / separate, 3))
+            print(f"one job {one:.1f} s, {a.frames} separate runs {separate:.1f} s: {one / separate:.3f}x", flush=True)
 
-        with_ckpt, without = [one], []
-        for k in range(2):
-            without.append(run([root / "frames", "--out", root / f"nock{k}.gpkg", "--no-checkpoint", *ARGS]))
-            if k == 0:
-                with_ckpt.append(run([root / "frames", "--out", root / f"ck{k}.gpkg", *ARGS]))
-        ck, nock = statistics.median(with_ckpt), statistics.median(without)
-        results.update(checkpoint_s=[round(v, 1) for v in with_ckpt], no_checkpoint_s=[round(v, 1) for v in without],
-                       checkpoint_overhead=round(ck / nock - 1, 4))
-        print(f"checkpoints on {with_ckpt}, off {without}: overhead {100 * (ck / nock - 1):+.1f} %", flush=True)
+        if "checkpoint" in parts:
+            for k in range(2):
+                without.append(run([root / "frames", "--out", root / f"nock{k}.gpkg", "--no-checkpoint", *ARGS]))
+                if len(with_ckpt) < 2:
+                    with_ckpt.append(run([root / "frames", "--out", root / f"ck{k}.gpkg",
+                                          "--report", root / f"r_ck{k}.json", *ARGS]))
+                    shares.append(checkpoint_share(root / f"r_ck{k}.json"))
+            ck, nock = statistics.median(with_ckpt), statistics.median(without)
+            share = sum(c for c, _ in shares) / sum(t for _, t in shares)
+            results.update(checkpoint_s=[round(v, 1) for v in with_ckpt],
+                           no_checkpoint_s=[round(v, 1) for v in without],
+                           checkpoint_overhead=round(ck / nock - 1, 4),
+                           checkpoint_stage_s=[round(c, 2) for c, _ in shares], checkpoint_share=round(share, 4))
+            print(f"checkpoints on {with_ckpt}, off {without}: wall {100 * (ck / nock - 1):+.1f} %; writing "
+                  f"checkpoints {[round(c, 2) for c, _ in shares]} s = {100 * share:.2f} % of the job", flush=True)
 
         mem = {}
+        if "memory" not in parts:
+            print(json.dumps(results))
+            return 0
         counts = [int(v) for v in a.mem_frames.split(",")]
         make_frames(root / "mem", max(counts), a.mem_size, distinct=min(counts))
         for n in counts:

@@ -10,196 +10,21 @@ turn `BatchSpec`s into `BatchResult`s, in this process or on Ray; everything her
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-import numpy as np
 from tqdm import tqdm
 
 from .checkpoint import WorkDir, default_work_dir, frame_identity
 from .config import JobConfig
 from .detections import Detections
-from .errors import ConfigError, RasterError, TilerError
+from .errors import ConfigError, TilerError
+from .frames import Frame, FrameAssembler, plan_frames
 from .io.survey import expand_inputs
-from .pipeline import BatchResult, BatchSpec, WindowPlan, batch_specs, merge, plan
-from .raster import RasterSource, gdal_env
+from .raster import RasterSource
 from .result import JobResult, JobStats, SurveyResult, class_counts
-
-
-@dataclass
-class Frame:
-    """One raster of a job, and its accounting."""
-
-    index: int
-    uri: str
-    source: RasterSource | None = None  # metadata (its dataset closed; readers reopen it)
-    plan: WindowPlan | None = None
-    error: str | None = None
-    windows_resumed: int = 0  # taken from checkpoints, not computed again
-    windows_run: int = 0
-    windows_empty: int = 0
-    raw_detections: int = 0
-    merged_detections: int = 0  # after the seam merge
-    kept_detections: int = 0  # after cross-frame deduplication
-    seconds: float = 0.0
-    raw_per_class: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def fail(self, error: str) -> None:
-        self.error = error
-
-    def accounting(self) -> dict:
-        return {k: getattr(self, k) for k in ("windows_resumed", "windows_run", "windows_empty", "raw_detections",
-                                              "merged_detections", "seconds", "raw_per_class")}
-
-    def report(self) -> dict:
-        p = self.plan
-        return {"source": self.uri, "status": "ok" if self.ok else "failed", "error": self.error,
-                "windows_planned": p.planned if p else 0, "windows_skipped": p.skipped if p else 0,
-                "windows_run": self.windows_run, "windows_resumed": self.windows_resumed,
-                "windows_empty": self.windows_empty, "raw_detections": self.raw_detections,
-                "merged_detections": self.merged_detections, "kept_detections": self.kept_detections, "seconds": round(self.seconds, 3)}
-
-
-def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
-    """Open and plan every frame. A frame that cannot be opened is recorded as failed (a single raster, or
-    `fail_fast`, raises instead), as is a frame without georeferencing in a survey of georeferenced ones."""
-    single = len(uris) == 1
-    frames = []
-    for i, uri in enumerate(uris):
-        frame = Frame(i, uri)
-        try:
-            source = RasterSource(uri, bands=cfg.bands)
-            with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-                frame.plan = plan(cfg, source)
-            source.close()
-            frame.source = source
-        except RasterError as exc:
-            if single or cfg.fail_fast:
-                raise
-            frame.fail(str(exc))
-        frames.append(frame)
-    ok = [f for f in frames if f.ok]
-    if any(f.source.georeferenced for f in ok):
-        for f in ok:
-            if not f.source.georeferenced:
-                f.fail(f"{f.uri} has no georeferencing, unlike the other frames of the survey")
-                if cfg.fail_fast:
-                    raise RasterError(f.error)
-    if not any(f.ok for f in frames):
-        first = next(f for f in frames if not f.ok)
-        raise RasterError(f"none of the {len(frames)} frames could be read (first: {first.error})")
-    return frames
-
-
-class FrameAssembler:
-    """Collects each frame's batches; when a frame's last batch is in, merges it across its seams and lets
-    its raw detections go (to the checkpoint, or to memory when the job has no work dir)."""
-
-    def __init__(self, cfg: JobConfig, frames: list[Frame], names: dict[int, str], task: str,
-                 work: WorkDir | None, stats: JobStats):
-        self.cfg, self.frames, self.names, self.task, self.work, self.stats = cfg, frames, names, task, work, stats
-        self.parts: dict[int, list[Detections]] = {}
-        self.remaining: dict[int, int] = {}
-        self.merged: dict[int, Detections] = {}  # when there is no work dir
-        self.done: set[int] = set()
-
-    def specs(self, resume: bool) -> list[BatchSpec]:
-        """The batches still to run, after restoring what the work dir holds when resuming."""
-        done_frames = self.work.done_frames() if resume and self.work else set()
-        done_batches = self.work.done_batches() if resume and self.work else {}
-        todo: list[BatchSpec] = []
-        for f in self.frames:
-            if not f.ok:
-                continue
-            if f.index in done_frames:
-                _, acct = self.work.load_frame(f.index)
-                for k, v in acct.items():
-                    setattr(f, k, v)
-                f.windows_resumed, f.windows_run = f.windows_resumed + f.windows_run, 0
-                self.done.add(f.index)
-                continue
-            specs = batch_specs(f.index, f.plan, self.cfg.batch_size)
-            have = set(done_batches.get(f.index, ()))
-            self.parts[f.index] = []
-            for s in specs:
-                if s.start in have:
-                    wids, dets, empty = self.work.load_batch(f.index, s.start)
-                    self.parts[f.index].append(dets)
-                    f.windows_resumed += len(wids) - empty
-                    f.windows_empty += empty
-                else:
-                    todo.append(s)
-            self.remaining[f.index] = sum(1 for s in specs if s.start not in have)
-            if not self.remaining[f.index]:
-                self._complete(f)
-        return todo
-
-    def failed(self, frame: int) -> bool:
-        return not self.frames[frame].ok
-
-    def add(self, res: BatchResult) -> None:
-        f = self.frames[res.frame]
-        self.stats.actor_restarts += res.restarted
-        if not f.ok:
-            return
-        if res.error is not None:
-            f.fail(str(res.error))
-            self.parts.pop(f.index, None)
-            if self.cfg.fail_fast or len(self.frames) == 1:
-                raise res.error
-            return
-        f.windows_run += len(res.window_ids) - res.empty
-        f.windows_empty += res.empty
-        f.seconds += res.seconds
-        if self.work is not None and self.work.checkpoints:
-            self.work.save_batch(f.index, res.start, res.window_ids, res.detections, res.empty)
-        self.parts[f.index].append(res.detections)
-        self.remaining[f.index] -= 1
-        if not self.remaining[f.index]:
-            self._complete(f)
-
-    def _complete(self, f: Frame) -> None:
-        raw = Detections.concat(self.parts.pop(f.index))
-        raw = raw.take(np.argsort(raw.window, kind="stable"))  # batches arrive in any order; the merge must not care
-        t = time.perf_counter()
-        merged = merge(self.cfg, raw, self.task, f.plan.grid.clipped_bounds())
-        dt = time.perf_counter() - t
-        self.stats.add_time("merge", dt)
-        f.seconds += dt
-        f.raw_detections, f.merged_detections = len(raw), len(merged)
-        f.raw_per_class = class_counts(raw, self.names)
-        if self.work is not None:
-            self.work.save_frame(f.index, merged, f.accounting())
-        else:
-            self.merged[f.index] = merged
-        self.done.add(f.index)
-
-    def merged_of(self, index: int) -> Detections:
-        if index in self.merged:
-            return self.merged[index]
-        return self.work.load_frame(index)[0]
-
-    def final(self, dedup) -> Iterator[tuple[Frame, Detections]]:
-        """Every good frame's detections, in frame order, less those a neighbouring frame saw better."""
-        for f in self.frames:
-            if not f.ok:
-                continue
-            dets = self.merged_of(f.index)
-            if dedup is not None:
-                t = time.perf_counter()
-                dets = dets.take(np.flatnonzero(dedup.keep(f.index, dets)))
-                self.stats.add_time("dedup_frames", time.perf_counter() - t)
-            f.kept_detections = len(dets)
-            self.merged.pop(f.index, None)
-            yield f, dets
 
 
 def make_dedup(cfg: JobConfig, frames: list[Frame], load: Callable[[int], Detections]):

@@ -27,7 +27,6 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..config import JobConfig
-from ..detections import Detections
 from ..errors import RasterError, TilerError
 from ..pipeline import BatchResult, BatchSpec, has_data, infer_patches, make_predictor, read_patches
 from ..raster import RasterSource, gdal_env
