@@ -36,11 +36,11 @@ def pure_forward(scene: str, model: str, patch: int, overlap: float, batch: int,
     source = open_source(cfg)
     wp = plan(cfg, source)
     predictor = make_predictor(cfg)
-    predictor.predict(read_patches(source, cfg, wp.origins[:batch], wp.window_ids[:batch]))  # warm-up
+    predictor.predict(read_patches(source, cfg.patch_size, wp.origins[:batch], wp.window_ids[:batch]))  # warm-up
     model_s, windows = 0.0, 0
     for start in range(part * batch, len(wp.window_ids), batch * parts):
         sl = slice(start, start + batch)
-        patches = read_patches(source, cfg, wp.origins[sl], wp.window_ids[sl])
+        patches = read_patches(source, cfg.patch_size, wp.origins[sl], wp.window_ids[sl])
         t = time.perf_counter()
         predictor.predict(patches)
         model_s += time.perf_counter() - t

@@ -69,7 +69,19 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    help="segmentation outlines: simplification tolerance in pixels (default 0.25; 0 = none)")
     p.add_argument("--largest-part", action="store_true", default=None,
                    help="segmentation: keep only the largest polygon of a mask (default: a MultiPolygon of all parts)")
-    p.add_argument("--bands", metavar="B,B,B", help="1-based bands to use as RGB (default 1,2,3)")
+    p.add_argument("--bands", metavar="B,B,B", help="1-based bands to use as RGB (default: the bands the raster's "
+                   "colour interpretation names red, green and blue, else 1,2,3; one band is replicated)")
+    p.add_argument("--stretch", metavar="SPEC",
+                   help="how values become 8 bits, once per raster: percentile:LOW,HIGH (per band, from a decimated "
+                        "read), minmax, range:LOW,HIGH or range:L1,H1,L2,H2,L3,H3, none (values are 0-255 already; "
+                        "the rest clipped). Default: uint8 as it is, other types percentile:2,98")
+    p.add_argument("--gsd", type=float, metavar="METRES",
+                   help="the ground sample distance the model was trained at: each frame's patch becomes the "
+                        "square that covers imgsz x METRES on the ground, resized to imgsz for the model")
+    p.add_argument("--height", type=float, metavar="METRES",
+                   help="RPC rasters: height above the ellipsoid to project at (default 0)")
+    p.add_argument("--dem", metavar="RASTER", help="RPC rasters: a DEM whose heights to project at")
+    p.add_argument("--stac-asset", metavar="NAME", help="the asset of STAC items to read (default visual)")
     p.add_argument("--batch-size", type=int, help="patches per forward pass (default: about 1.6 Mpx of model input, "
                    "16 at 320 px, 4 at 640 px; a GPU usually wants more)")
     p.add_argument("--backend", metavar="auto|torch|openvino|onnx|tensorrt|torchscript",
@@ -168,7 +180,7 @@ def load_job_spec(path: str | os.PathLike) -> dict:
 _CLI_TO_CONFIG = ("model", "out", "out_dir", "out_format", "dedup_frames", "fail_fast", "work_dir", "resume",
                   "keep_work", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
                   "nms_threshold", "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part",
-                  "bands", "batch_size", "backend", "device",
+                  "bands", "stretch", "gsd", "height", "dem", "stac_asset", "batch_size", "backend", "device",
                   "threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
                   "cpus_per_worker")
 

@@ -144,7 +144,7 @@ def _parse_source(value: Any) -> str | tuple[str, ...]:
 
 
 # what decides the detections, so what a resumed run must share with the one it continues
-RESULT_FIELDS = ("patch_size", "overlap", "bands", "conf", "iou", "imgsz", "classes", "max_det", "batch_size",
+RESULT_FIELDS = ("patch_size", "overlap", "bands", "stretch", "gsd", "height", "dem", "conf", "iou", "imgsz", "classes", "max_det", "batch_size",
                  "device", "half", "backend", "nms_threshold", "match_metric", "class_agnostic", "sorter",
                  "sorter_bins", "merge", "simplify", "largest_part", "keep_masks", "dedup_frames")
 
@@ -161,7 +161,12 @@ class JobConfig:
     # tiling
     patch_size: tuple[int, int] = (640, 640)
     overlap: tuple[float, float] = (0.25, 0.25)
-    bands: tuple[int, ...] | None = None  # 1-based; default 1,2,3 (a single band is replicated)
+    bands: tuple[int, ...] | None = None  # 1-based RGB; default: by colour interpretation, else 1,2,3 (io/bands.py)
+    stretch: str | None = None  # 8-bit mapping (io/bands.py); default: none for uint8, percentile:2,98 otherwise
+    gsd: float | None = None  # metres per pixel the model was trained at: each frame's patch covers imgsz x gsd
+    height: float | None = None  # RPC rasters: constant height above the ellipsoid, metres
+    dem: str | None = None  # RPC rasters: a DEM raster giving the heights
+    stac_asset: str = "visual"  # the asset of STAC items that is read
     # model
     conf: float = 0.25
     iou: float = 0.7
@@ -229,6 +234,21 @@ class JobConfig:
         set_("patch_size", parse_size(self.patch_size))
         set_("overlap", parse_overlap(self.overlap))
         set_("bands", parse_int_list(self.bands, "bands"))
+        from .io.bands import parse_stretch
+
+        if self.stretch is not None:
+            set_("stretch", str(parse_stretch(self.stretch)))
+        for name, positive in (("gsd", True), ("height", False)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or (positive and v <= 0):
+                raise ConfigError(f"{name} must be a {'positive ' if positive else ''}number of metres, got {v!r}")
+            set_(name, float(v))
+        if self.dem is not None:
+            set_("dem", os.fspath(self.dem))
+        if not isinstance(self.stac_asset, str) or not self.stac_asset:
+            raise ConfigError(f"stac_asset must be an asset name, got {self.stac_asset!r}")
         if self.bands is not None and any(b < 1 for b in self.bands):
             raise ConfigError(f"bands are 1-based, got {self.bands}")
         if self.bands is not None and len(self.bands) not in (1, 3):

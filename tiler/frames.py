@@ -13,7 +13,7 @@ from .checkpoint import WorkDir
 from .config import JobConfig
 from .detections import Detections
 from .errors import RasterError
-from .pipeline import BatchResult, BatchSpec, WindowPlan, batch_specs, merge, plan
+from .pipeline import BatchResult, BatchSpec, WindowPlan, batch_specs, frame_patch_size, merge, open_source, plan
 from .raster import RasterSource, gdal_env
 from .result import JobStats, class_counts
 
@@ -26,6 +26,7 @@ class Frame:
     uri: str
     source: RasterSource | None = None  # metadata (its dataset closed; readers reopen it)
     plan: WindowPlan | None = None
+    patch_size: tuple[int, int] | None = None  # its windows in its own pixels
     error: str | None = None
     windows_resumed: int = 0  # taken from checkpoints, not computed again
     windows_run: int = 0
@@ -49,7 +50,9 @@ class Frame:
 
     def report(self) -> dict:
         p = self.plan
-        return {"source": self.uri, "status": "ok" if self.ok else "failed", "error": self.error,
+        read = self.source.describe() if self.source is not None else {}
+        return {"source": self.uri, "status": "ok" if self.ok else "failed", "error": self.error, **read,
+                "patch_size": list(self.patch_size) if self.patch_size else None,
                 "windows_planned": p.planned if p else 0, "windows_skipped": p.skipped if p else 0,
                 "windows_run": self.windows_run, "windows_resumed": self.windows_resumed,
                 "windows_empty": self.windows_empty, "raw_detections": self.raw_detections,
@@ -64,9 +67,10 @@ def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
     for i, uri in enumerate(uris):
         frame = Frame(i, uri)
         try:
-            source = RasterSource(uri, bands=cfg.bands)
-            with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-                frame.plan = plan(cfg, source)
+            source = open_source(cfg.for_frame(uri))
+            frame.patch_size = frame_patch_size(cfg, source)
+            with gdal_env(source, frame.patch_size[1], cfg.gdal_cache_mb):
+                frame.plan = plan(cfg, source, frame.patch_size)
             source.close()
             frame.source = source
         except RasterError as exc:
@@ -112,7 +116,7 @@ class FrameAssembler:
                     setattr(f, k, v)
                 f.windows_resumed, f.windows_run = f.windows_resumed + f.windows_run, 0
                 continue
-            specs = batch_specs(f.index, f.plan, self.cfg.batch_size)
+            specs = batch_specs(f.index, f.plan, self.cfg.batch_size, f.patch_size)
             have = set(done_batches.get(f.index, ()))
             self.parts[f.index] = []
             for s in specs:

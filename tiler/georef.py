@@ -14,7 +14,11 @@ DECIMALS_PIXEL = 3
 
 
 class Georeferencer:
-    """Maps global pixel coordinates (x right, y down, pixel edges at integers) to lon/lat."""
+    """Maps global pixel coordinates (x right, y down, pixel edges at integers) to the raster's CRS and to
+    lon/lat, through its geotransform (an affine). `GCPGeoreferencer` and `RPCGeoreferencer` do the same
+    for rasters georeferenced by ground control points or rational polynomial coefficients."""
+
+    kind = "affine"
 
     def __init__(self, transform: Affine, crs):
         self.transform = transform
@@ -30,6 +34,59 @@ class Georeferencer:
         m = self.pixel_to_map(xy)
         lon, lat = self._to_wgs84.transform(m[:, 0], m[:, 1])
         return np.column_stack([lon, lat])
+
+
+class GCPGeoreferencer(Georeferencer):
+    """Maps pixels through a raster's ground control points (GDAL's GCP transformer: a polynomial fitted to
+    them), vectorised over all vertices, to the GCPs' CRS."""
+
+    kind = "gcp"
+
+    def __init__(self, gcps, crs):
+        from rasterio.transform import GCPTransformer
+
+        self.transform = None
+        self.crs = CRS.from_user_input(crs)
+        self._to_wgs84 = Transformer.from_crs(self.crs, WGS84, always_xy=True)
+        self._pixels = GCPTransformer(list(gcps))
+
+    def pixel_to_map(self, xy: np.ndarray) -> np.ndarray:
+        return _through(self._pixels, xy)
+
+
+class RPCGeoreferencer(Georeferencer):
+    """Maps pixels to lon/lat through a raster's rational polynomial coefficients (GDAL's RPC transformer,
+    vectorised), at a constant `height` above the ellipsoid (metres) or the heights of a `dem` raster."""
+
+    kind = "rpc"
+
+    def __init__(self, rpcs, height: float | None = None, dem: str | None = None):
+        from rasterio.transform import RPCTransformer
+
+        self.transform = None
+        self.crs = CRS.from_user_input(WGS84)
+        self._to_wgs84 = Transformer.from_crs(self.crs, WGS84, always_xy=True)
+        options = {}
+        if dem:
+            options["RPC_DEM"] = dem
+        if height is not None:
+            options["RPC_HEIGHT"] = float(height)
+        self._pixels = RPCTransformer(rpcs, **options)
+
+    def pixel_to_map(self, xy: np.ndarray) -> np.ndarray:
+        return _through(self._pixels, xy)
+
+    def pixel_to_lonlat(self, xy: np.ndarray) -> np.ndarray:
+        return self.pixel_to_map(xy)
+
+
+def _through(transformer, xy: np.ndarray) -> np.ndarray:
+    """Pixels (x right, y down, edges at integers) through a GDAL transformer, all at once."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if not len(xy):
+        return np.zeros((0, 2))
+    xs, ys = transformer.xy(xy[:, 1], xy[:, 0], offset="ul")
+    return np.column_stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)])
 
 
 def signed_areas(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ class BatchSpec:
     start: int
     window_ids: np.ndarray  # (n,) int64 ids in the frame's grid
     origins: np.ndarray  # (n, 2) int64 x0, y0
+    patch_size: tuple[int, int]  # the frame's windows, in its pixels (per frame with `gsd`)
 
 
 @dataclass
@@ -58,19 +59,32 @@ class WindowPlan:
 
 
 def open_source(cfg: JobConfig) -> RasterSource:
-    return RasterSource(cfg.source, bands=cfg.bands)
+    """The configured raster (one frame), opened with its bands and stretch."""
+    return RasterSource(cfg.source, bands=cfg.bands, stretch=cfg.stretch)
 
 
-def batch_specs(frame: int, window_plan: WindowPlan, batch_size: int) -> list[BatchSpec]:
+def batch_specs(frame: int, window_plan: WindowPlan, batch_size: int, patch_size: tuple[int, int]
+                ) -> list[BatchSpec]:
     """The model batches of one frame, in window order."""
     ids, origins = window_plan.window_ids, window_plan.origins
-    return [BatchSpec(frame, s, ids[s:s + batch_size], origins[s:s + batch_size])
+    return [BatchSpec(frame, s, ids[s:s + batch_size], origins[s:s + batch_size], patch_size)
             for s in range(0, len(ids), batch_size)]
 
 
-def plan(cfg: JobConfig, source: RasterSource) -> WindowPlan:
-    """All windows of the grid, minus those that are entirely nodata (judged on a decimated mask)."""
-    grid = plan_windows(source.width, source.height, cfg.patch_size, cfg.overlap)
+def frame_patch_size(cfg: JobConfig, source: RasterSource) -> tuple[int, int]:
+    """The patch in this raster's pixels: as configured, or with `gsd` the square that covers the model's
+    input (imgsz) at the ground resolution it was trained at, so objects reach it at the scale it knows."""
+    if cfg.gsd is None:
+        return cfg.patch_size
+    res = source.metres_per_pixel()
+    side = max(32, int(round(cfg.model_imgsz * cfg.gsd / res)))
+    return side, side
+
+
+def plan(cfg: JobConfig, source: RasterSource, patch_size: tuple[int, int] | None = None) -> WindowPlan:
+    """All windows of the grid (of `patch_size`, default the configured one), minus those that are entirely
+    nodata (judged on a decimated mask)."""
+    grid = plan_windows(source.width, source.height, patch_size or cfg.patch_size, cfg.overlap)
     origins = grid.origins()
     ids = np.arange(len(grid), dtype=np.int64)
     if source.has_mask:
@@ -87,9 +101,9 @@ def make_predictor(cfg: JobConfig) -> Predictor:
                      backend=cfg.backend, batch=cfg.batch_size)
 
 
-def read_patches(source: RasterSource, cfg: JobConfig, origins: np.ndarray, window_ids: np.ndarray
+def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.ndarray, window_ids: np.ndarray
                  ) -> list[np.ndarray]:
-    pw, ph = cfg.patch_size
+    pw, ph = patch_size
     return [source.read(int(x), int(y), pw, ph, window_id=int(w)) for (x, y), w in zip(origins, window_ids)]
 
 
@@ -97,8 +111,8 @@ def has_data(patch: np.ndarray) -> bool:
     return bool(patch.any())
 
 
-def infer_patches(predictor: Predictor, cfg: JobConfig, raster_size: tuple[int, int], patches: list[np.ndarray],
-                  origins: np.ndarray, window_ids: np.ndarray) -> Detections:
+def infer_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size: tuple[int, int],
+                  patches: list[np.ndarray], origins: np.ndarray, window_ids: np.ndarray) -> Detections:
     """Predict a batch of patches and return detections in global pixel coordinates.
 
     Patches that read back entirely empty (nodata the coarse mask could not rule out) skip the model."""
@@ -106,7 +120,7 @@ def infer_patches(predictor: Predictor, cfg: JobConfig, raster_size: tuple[int, 
     if not live:
         return Detections.empty()
     local = predictor.predict([patches[k] for k in live])
-    return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], cfg.patch_size, raster_size)
+    return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], patch_size, raster_size)
 
 
 def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray) -> Detections:

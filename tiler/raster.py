@@ -1,10 +1,12 @@
 """RasterSource: windowed reads of any GDAL-readable raster, as uint8 RGB patches.
 
 A source never loads the whole raster. It reads one window at a time, clipped to the raster and
-zero-padded to the patch size (no slow `boundless` reads). Non-uint8 data is mapped to uint8 by one global
-2-98 % per-band stretch computed once from a decimated read (GDAL serves it from overviews when present),
-so every patch is scaled identically. The source pickles as its URI and parameters, so a worker process
-can reopen it and read its own windows.
+zero-padded to the patch size (no slow `boundless` reads). Its RGB bands come from the colour
+interpretation, or as asked (`io/bands.py`); a palette raster is expanded through its colour table. Values
+are mapped to uint8 by one stretch per band, chosen by the user and computed once from a decimated read (GDAL
+serves it from overviews when present), so every patch is scaled identically. The source pickles as its URI,
+parameters and stretch, so a worker process can reopen it and read its own windows exactly as the driver
+planned them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
 from .errors import RasterError, WindowReadError
+from .io.bands import DEFAULT_STRETCH, StretchSpec, choose_bands, parse_stretch, stretch_limits
 
 OVERVIEW_SIZE = 1024  # longest side of the decimated read used for the stretch and the validity mask
 STRIPED_WARN_SIZE = 2048  # warn about untiled rasters only above this side: small frames are cheap to read
@@ -52,7 +55,8 @@ class RasterSource:
     replicated when the raster has fewer than three bands).
     """
 
-    def __init__(self, uri: str | os.PathLike, bands: tuple[int, ...] | None = None):
+    def __init__(self, uri: str | os.PathLike, bands: tuple[int, ...] | None = None,
+                 stretch: StretchSpec | str | None = None):
         self.uri = os.fspath(uri)
         self._requested_bands = tuple(bands) if bands else None
         self._ds = None
@@ -62,8 +66,24 @@ class RasterSource:
         self.dtype = ds.dtypes[0]
         self.crs = ds.crs
         self.transform = ds.transform
-        self.georeferenced = ds.crs is not None and not ds.transform.is_identity
-        self.bands = self._pick_bands(self._requested_bands, self.count)
+        self.affine = ds.crs is not None and not ds.transform.is_identity
+        self.gcps = None if self.affine else _gcps(ds)
+        self.rpcs = None if self.affine or self.gcps else ds.rpcs
+        if self.gcps:
+            self.crs = self.gcps[1]
+        elif self.rpcs:
+            from rasterio.crs import CRS
+
+            self.crs = CRS.from_epsg(4326)
+        self.georeferencing = "affine" if self.affine else "gcp" if self.gcps else "rpc" if self.rpcs else None
+        self.georeferenced = self.georeferencing is not None
+        self.palette = None
+        if self._requested_bands is None and self.count == 1 and ds.colorinterp[0] == ColorInterp.palette:
+            self.palette = _palette_lut(ds)
+        self.bands, self.band_choice = choose_bands(self._requested_bands, ds.colorinterp, self.count)
+        if self.palette is not None:
+            self.band_choice = "palette"
+        self._check_bands(self.bands, self.count)
         self.nodata = ds.nodata
         # a per-dataset or alpha mask, or a nodata value, means some pixels are not data
         flags = ds.mask_flag_enums[self.bands[0] - 1]
@@ -76,7 +96,45 @@ class RasterSource:
             warnings.warn(f"{self.uri} is not tiled (blocks of {block_w}x{block_h}); reads will be slower — "
                           "convert with `gdal_translate -co TILED=YES` for speed", StripedRasterWarning,
                           stacklevel=2)
-        self.stretch = None if self.dtype == "uint8" else self._compute_stretch()
+        spec = parse_stretch(stretch)
+        if spec is None and self.dtype != "uint8" and self.palette is None:
+            spec = parse_stretch(DEFAULT_STRETCH)
+        self.stretch_spec = spec
+        self.stretch = None if spec is None or spec.kind == "none" else self._compute_stretch(spec)
+        if spec is not None and spec.kind == "none" and self.dtype != "uint8":
+            self._warn_out_of_range()  # values are taken as 0-255; say so once if some are not
+
+    def georeferencer(self, height: float | None = None, dem: str | None = None):
+        """The pixel -> map mapping (geotransform, GCPs or RPCs at `height` / over `dem`), or None."""
+        from .georef import GCPGeoreferencer, Georeferencer, RPCGeoreferencer
+
+        if self.affine:
+            return Georeferencer(self.transform, self.crs)
+        if self.gcps:
+            return GCPGeoreferencer(self.gcps[0], self.gcps[1])
+        if self.rpcs:
+            return RPCGeoreferencer(self.rpcs, height=height, dem=dem)
+        return None
+
+    def metres_per_pixel(self) -> float:
+        """Ground sample distance (the mean of the two pixel sides), for rasters with a projected CRS."""
+        crs = self.crs
+        if not self.affine or crs is None or not crs.is_projected:
+            what = "no georeferencing" if not self.georeferenced else (
+                f"{self.georeferencing.upper()} georeferencing" if not self.affine else f"CRS {crs.to_string()}")
+            raise RasterError(f"gsd needs a raster in a projected (metric) CRS; {self.uri} has {what}")
+        t = self.transform
+        unit = crs.linear_units_factor[1]  # metres per CRS unit
+        return float(np.sqrt(abs(t.a * t.e - t.b * t.d))) * unit
+
+    def describe(self) -> dict:
+        """What the run report records of how this raster was read."""
+        st = self.stretch
+        return {"bands": list(self.bands), "band_choice": self.band_choice,
+                "stretch": str(self.stretch_spec) if self.stretch_spec else None,
+                "stretch_low": st.low.round(6).tolist() if st else None,
+                "stretch_high": st.high.round(6).tolist() if st else None,
+                "georeferencing": self.georeferencing}
 
     # -- opening and pickling -------------------------------------------------------------------------
     def _open(self) -> None:
@@ -115,17 +173,12 @@ class RasterSource:
         self.close()
 
     @staticmethod
-    def _pick_bands(bands: tuple[int, ...] | None, count: int) -> tuple[int, int, int]:
-        if bands is None:
-            bands = (1, 2, 3) if count >= 3 else (1,)
-        bad = [b for b in bands if not 1 <= b <= count]
+    def _check_bands(bands: tuple[int, ...], count: int) -> None:
+        bad = sorted({b for b in bands if not 1 <= b <= count})
         if bad:
             raise RasterError(f"band(s) {', '.join(map(str, bad))} not in raster with {count} band(s)")
-        if len(bands) == 1:
-            bands = bands * 3  # a single band becomes grey RGB
         if len(bands) != 3:
             raise RasterError(f"need 1 or 3 bands, got {len(bands)}")
-        return tuple(int(b) for b in bands)
 
     def block_cache_bytes(self, patch_height: int) -> int:
         """GDAL block cache enough for two rows of windows (the overlap re-reads the row above), within
@@ -139,24 +192,39 @@ class RasterSource:
         f = max(1.0, max(self.width, self.height) / OVERVIEW_SIZE)
         return max(1, int(round(self.height / f))), max(1, int(round(self.width / f)))
 
-    def _compute_stretch(self) -> Stretch:
-        """One 2-98 % stretch per band from a decimated read, so every patch is mapped identically."""
+    def _decimated_sample(self) -> np.ndarray:
+        """(3, n) the finite, unmasked values of the RGB bands in a decimated read of the whole raster."""
         ds = self.dataset
         h, w = self._overview_shape()
         unique = sorted(set(self.bands))
         data = ds.read(unique, out_shape=(len(unique), h, w), resampling=Resampling.nearest, masked=True)
-        lows, highs = {}, {}
-        for k, b in enumerate(unique):
-            vals = data[k].compressed().astype(np.float64)
-            vals = vals[np.isfinite(vals)]
-            if vals.size == 0:
-                lows[b], highs[b] = 0.0, 1.0
-                continue
-            lo, hi = np.percentile(vals, [2, 98])
-            if hi <= lo:
-                hi = lo + 1.0
-            lows[b], highs[b] = float(lo), float(hi)
-        return Stretch(np.array([lows[b] for b in self.bands]), np.array([highs[b] for b in self.bands]))
+        pos = {b: k for k, b in enumerate(unique)}
+        rows = []
+        for b in self.bands:
+            vals = data[pos[b]].compressed().astype(np.float64)
+            rows.append(vals[np.isfinite(vals)])
+        return rows
+
+    def _compute_stretch(self, spec: StretchSpec) -> Stretch:
+        """One linear map per band, from the spec and (percentile, minmax) a decimated read of the raster, so
+        every patch is mapped identically."""
+        if spec.kind == "range":
+            low, high = stretch_limits(spec, np.zeros((3, 0)))
+            return Stretch(low, high)
+        rows = self._decimated_sample()
+        lows, highs = [], []
+        for vals in rows:
+            lo, hi = stretch_limits(spec, vals[None, :])
+            lows.append(lo[0]), highs.append(hi[0])
+        return Stretch(np.array(lows), np.array(highs))
+
+    def _warn_out_of_range(self) -> None:
+        rows = self._decimated_sample()
+        lo = min((float(v.min()) for v in rows if v.size), default=0.0)
+        hi = max((float(v.max()) for v in rows if v.size), default=0.0)
+        if lo < 0 or hi > 255:
+            warnings.warn(f"{self.uri}: stretch none, but values reach {lo:g}..{hi:g}: clipped to 0..255",
+                          RuntimeWarning, stacklevel=3)
 
     def coarse_valid_mask(self) -> tuple[np.ndarray, float, float]:
         """(mask, scale_x, scale_y): a decimated boolean map of where the raster has data.
@@ -189,7 +257,9 @@ class RasterSource:
         ds = self.dataset
         inside = out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
         try:
-            if self.stretch is None and len(set(self.bands)) == 3:
+            if self.palette is not None:
+                inside[:] = self.palette[ds.read(1, window=win)]
+            elif self.stretch is None and self.dtype == "uint8" and len(set(self.bands)) == 3:
                 # uint8, three distinct bands: GDAL writes pixel-interleaved straight into the patch (a
                 # strided view), half the time of a band-sequential read plus a transposing copy
                 ds.read(list(self.bands), window=win, out=inside.transpose(2, 0, 1))
@@ -200,12 +270,29 @@ class RasterSource:
                 data = data[[pos[b] for b in self.bands]]
                 if self.stretch is not None:
                     data = self.stretch.apply(data)
+                elif data.dtype != np.uint8:  # stretch none: already 0-255, anything outside clipped
+                    data = np.rint(np.clip(np.nan_to_num(data.astype(np.float32)), 0, 255)).astype(np.uint8)
                 inside[:] = np.moveaxis(data, 0, -1)
             if self.has_mask:
                 inside[ds.read_masks(self.bands[0], window=win) == 0] = 0
         except (RasterioIOError, RasterioError) as exc:
             raise WindowReadError(window_id, x0, y0, _first_line(exc)) from None
         return out
+
+
+def _gcps(ds):
+    """(gcps, crs) when the raster carries ground control points with a CRS, else None."""
+    gcps, crs = ds.gcps
+    return (gcps, crs) if gcps and crs is not None else None
+
+
+def _palette_lut(ds) -> np.ndarray:
+    """(256, 3) uint8: the colour table of band 1 as an RGB lookup."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    for k, rgba in ds.colormap(1).items():
+        if 0 <= k < 256:
+            lut[k] = rgba[:3]
+    return lut
 
 
 def _first_line(exc: BaseException) -> str:

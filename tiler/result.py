@@ -78,12 +78,15 @@ class JobResult:
     stats: JobStats
     config: JobConfig
     frames: list[dict] | None = None  # the run report's per-frame record (set by the job)
+    georef: Georeferencer | None = None  # how pixels map to the CRS: GCPs or RPCs (default: `transform`)
 
     def __len__(self) -> int:
         return len(self.detections)
 
     @property
     def georeferencer(self) -> Georeferencer | None:
+        if self.georef is not None:
+            return self.georef
         return Georeferencer(self.transform, self.crs) if self.transform and self.crs is not None else None
 
     def class_counts(self) -> dict[str, int]:
@@ -108,6 +111,8 @@ class JobResult:
         from .config import parse_crs
 
         meta = write_meta(self.config, self.task)
+        if self.georeferencer is not None:
+            meta["georeferencing"] = self.georeferencer.kind  # affine (geotransform), gcp or rpc
         t = time.perf_counter()
         out = write_detections(path, self.detections, self.names, self.georeferencer, meta,
                                crs=parse_crs(crs if crs is not None else self.config.crs),

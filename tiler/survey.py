@@ -39,7 +39,7 @@ def make_dedup(cfg: JobConfig, frames: list[Frame], load: Callable[[int], Detect
         return None
     from .merge.frames import FrameDedup, FrameGeo
 
-    dedup = FrameDedup([FrameGeo(f.index, f.source.width, f.source.height, f.source.transform, f.source.crs)
+    dedup = FrameDedup([FrameGeo(f.index, f.source.width, f.source.height, _georeferencer(cfg, f.source))
                         for f in geo], load, cfg.match_metric, cfg.nms_threshold, cfg.class_agnostic)
     return dedup if (cfg.dedup_frames or dedup.any_overlap) else None
 
@@ -56,7 +56,7 @@ def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None]
 
     t_start = time.perf_counter()
     stats = JobStats(runner=runner)
-    uris = expand_inputs(cfg.sources)
+    uris = expand_inputs(cfg.sources, cfg.stac_asset)
     single = len(uris) == 1
     if single and not isinstance(cfg.source, str):
         cfg = cfg.replace(source=uris[0])
@@ -162,8 +162,7 @@ def _account(stats: JobStats, frames: list[Frame]) -> None:
 def _single_result(cfg, frame: Frame, assembler: FrameAssembler, names, task, stats) -> JobResult:
     (_, dets), = assembler.final(None)
     src = frame.source
-    result = JobResult(dets, names, task, src.transform if src.georeferenced else None,
-                       src.crs if src.georeferenced else None, stats, cfg)
+    result = _frame_result(cfg, src, dets, names, task, stats)
     stats.kept_per_class = class_counts(dets, names)
     if cfg.out:
         result.to_file(cfg.out)
@@ -212,12 +211,10 @@ def _survey_result(cfg, frames, assembler, dedup, names, task, stats) -> SurveyR
             src = f.source
             frame_cfg = cfg.for_frame(f.uri)
             if results is not None:
-                results.append(JobResult(dets, names, task, src.transform if src.georeferenced else None,
-                                         src.crs if src.georeferenced else None, JobStats(runner=stats.runner),
-                                         frame_cfg))
+                results.append(_frame_result(frame_cfg, src, dets, names, task, JobStats(runner=stats.runner)))
                 continue
             prov = frame_provenance(frame_cfg, model_sha256) if cfg.provenance else None
-            geo = _georeferencer(src)
+            geo = _georeferencer(cfg, src)
             if sink is not None:
                 sink.write(dets, names, geo, prov)
             else:
@@ -236,7 +233,12 @@ def _survey_result(cfg, frames, assembler, dedup, names, task, stats) -> SurveyR
     return SurveyResult(frames, names, task, stats, cfg, results, Path(cfg.out) if cfg.out else None)
 
 
-def _georeferencer(src: RasterSource):
-    from .georef import Georeferencer
+def _georeferencer(cfg: JobConfig, src: RasterSource):
+    """The frame's pixel -> map mapping: its geotransform, GCPs or RPCs (at `height`, over `dem`), or None."""
+    return src.georeferencer(cfg.height, cfg.dem)
 
-    return Georeferencer(src.transform, src.crs) if src.georeferenced else None
+
+def _frame_result(cfg: JobConfig, src: RasterSource, dets, names, task, stats: JobStats) -> JobResult:
+    geo = _georeferencer(cfg, src)
+    return JobResult(dets, names, task, src.transform if src.affine else None, geo.crs if geo else None, stats, cfg,
+                     georef=geo)

@@ -12,6 +12,7 @@ import os
 from typing import Sequence
 
 from ..errors import ConfigError
+from .stac import DEFAULT_ASSET, is_stac_file, stac_frames
 
 # what a folder contributes: the raster formats GDAL reads that surveys come in
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".png", ".jpg", ".jpeg", ".img", ".ntf", ".nitf")
@@ -22,27 +23,31 @@ def is_uri(item: str) -> bool:
     return "://" in item or item.startswith("/vsi") or (":" in item.split("/")[0] and len(item.split(":")[0]) > 1)
 
 
-def expand_inputs(items: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+def expand_inputs(items: str | os.PathLike | Sequence[str | os.PathLike], stac_asset: str = DEFAULT_ASSET
+                  ) -> list[str]:
     """The frames `items` name, in order, each once: a glob gives its matches (sorted), a folder its rasters
     (sorted by name), `@list.txt` one input per line (blank lines and `#` comments skipped, relative paths
-    taken from the list's folder), anything else itself (a path, a GDAL URI, a VRT)."""
+    taken from the list's folder), a STAC Item or ItemCollection (.json) the `stac_asset` of each item,
+    anything else itself (a path, a GDAL URI such as STACIT:..., a VRT)."""
     if isinstance(items, (str, os.PathLike)):
         items = [items]
     frames: list[str] = []
     for item in items:
-        frames += _expand(os.fspath(item), from_list=False)
+        frames += _expand(os.fspath(item), from_list=False, asset=stac_asset)
     if not frames:
         raise ConfigError("no input rasters given")
     return list(dict.fromkeys(frames))
 
 
-def _expand(item: str, from_list: bool) -> list[str]:
+def _expand(item: str, from_list: bool, asset: str) -> list[str]:
     if not item:
         raise ConfigError("an input is an empty string")
     if item.startswith("@") and not from_list:
-        return _list_file(item[1:])
+        return _list_file(item[1:], asset)
     if is_uri(item):
         return [item]
+    if is_stac_file(item):
+        return stac_frames(item, asset)
     if glob.has_magic(item):
         matches = sorted(glob.glob(item))
         files = [m for m in matches if os.path.isfile(m)] + [f for m in matches if os.path.isdir(m)
@@ -64,7 +69,7 @@ def _folder(path: str) -> list[str]:
                   and os.path.isfile(os.path.join(path, f)))
 
 
-def _list_file(path: str) -> list[str]:
+def _list_file(path: str, asset: str) -> list[str]:
     try:
         with open(path, encoding="utf-8") as f:
             lines = [ln.strip() for ln in f]
@@ -79,7 +84,7 @@ def _list_file(path: str) -> list[str]:
             continue
         if not is_uri(ln) and not os.path.isabs(ln):
             ln = os.path.join(base, ln)
-        frames += _expand(ln, from_list=True)
+        frames += _expand(ln, from_list=True, asset=asset)
     if not frames:
         raise ConfigError(f"input list {path} names no rasters")
     return frames

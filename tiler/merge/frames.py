@@ -33,13 +33,12 @@ class FrameGeo:
     index: int
     width: int
     height: int
-    transform: object  # rasterio Affine
-    crs: object  # rasterio / pyproj CRS
+    geo: object  # its tiler.georef georeferencer (geotransform, GCPs or RPCs)
 
 
 def survey_crs(frames: list[FrameGeo]) -> CRS:
     """The projected CRS detections are compared in."""
-    crss = {CRS.from_user_input(f.crs) for f in frames}
+    crss = {CRS.from_user_input(f.geo.crs) for f in frames}
     if len(crss) == 1:
         (only,) = crss
         if only.is_projected:
@@ -51,12 +50,11 @@ def survey_crs(frames: list[FrameGeo]) -> CRS:
 
 
 def _pixel_to(f: FrameGeo, crs: CRS, xy: np.ndarray) -> np.ndarray:
-    t = f.transform
-    x = t.a * xy[:, 0] + t.b * xy[:, 1] + t.c
-    y = t.d * xy[:, 0] + t.e * xy[:, 1] + t.f
-    src = CRS.from_user_input(f.crs)
-    if src != crs:
-        x, y = Transformer.from_crs(src, crs, always_xy=True).transform(x, y)
+    m = f.geo.pixel_to_map(xy)
+    src = CRS.from_user_input(f.geo.crs)
+    if src == crs:
+        return m
+    x, y = Transformer.from_crs(src, crs, always_xy=True).transform(m[:, 0], m[:, 1])
     return np.column_stack([x, y])
 
 

@@ -48,14 +48,15 @@ class LocalExecutor:
             open_frame[0] = spec.frame
             t0 = time.perf_counter()
             try:
-                patches = read_patches(source, cfg, spec.origins, spec.window_ids)
+                patches = read_patches(source, spec.patch_size, spec.origins, spec.window_ids)
             except RasterError as exc:  # a corrupt window, or a frame gone since it was planned
                 return None, time.perf_counter() - t0, exc
             return patches, time.perf_counter() - t0, None
 
         if not specs:
             return
-        with gdal_env(list(self.sources.values()), cfg.patch_size[1], cfg.gdal_cache_mb), \
+        patch_h = max(s.patch_size[1] for s in specs)
+        with gdal_env(list(self.sources.values()), patch_h, cfg.gdal_cache_mb), \
                 ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(read, specs[0])
             for k, spec in enumerate(specs):
@@ -68,7 +69,8 @@ class LocalExecutor:
                     continue
                 t = time.perf_counter()
                 source = self.sources[spec.frame]
-                dets = infer_patches(self.predictor, cfg, (source.width, source.height), patches, spec.origins,
+                dets = infer_patches(self.predictor, spec.patch_size, (source.width, source.height), patches,
+                                     spec.origins,
                                      spec.window_ids)
                 predict_s = time.perf_counter() - t
                 self.stats.add_time("predict", predict_s)

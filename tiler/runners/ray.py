@@ -59,15 +59,16 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int
     A row is one model batch (`cfg.batch_size` windows of one frame, padded arrays plus a count), exactly as
     the local executor groups windows, so the model sees identical batches and both give identical output."""
     packed, errors, sizes = [], [], []
-    for frame, count, wid, x0, y0 in zip(batch["frame"], batch["count"], batch["window_id"], batch["x0"],
-                                         batch["y0"]):
+    for frame, count, wid, x0, y0, pw, ph in zip(batch["frame"], batch["count"], batch["window_id"], batch["x0"],
+                                                 batch["y0"], batch["pw"], batch["ph"]):
         source = _worker_source(int(frame), sources)
         sizes.append((source.width, source.height))
         origins = np.stack([x0[:count], y0[:count]], axis=1)
         t = time.perf_counter()
         try:
-            with gdal_env(source, cfg.patch_size[1], cfg.gdal_cache_mb):
-                packed.append(pickle.dumps(np.stack(read_patches(source, cfg, origins, wid[:count])), protocol=5))
+            with gdal_env(source, int(ph), cfg.gdal_cache_mb):
+                patches = read_patches(source, (int(pw), int(ph)), origins, wid[:count])
+                packed.append(pickle.dumps(np.stack(patches), protocol=5))
             errors.append(b"")
         except RasterError as exc:
             # a corrupt window (or a frame gone since it was planned) is the user's problem, not a transient
@@ -108,7 +109,8 @@ class PredictActor:
             patches = list(pickle.loads(batch["patches"][k]))
             origins = np.stack([batch["x0"][k][:count], batch["y0"][k][:count]], axis=1)
             raster_size = (int(batch["raster_w"][k]), int(batch["raster_h"][k]))
-            dets = infer_patches(self.predictor, self.cfg, raster_size, patches, origins,
+            patch_size = (int(batch["pw"][k]), int(batch["ph"][k]))
+            dets = infer_patches(self.predictor, patch_size, raster_size, patches, origins,
                                  batch["window_id"][k][:count])
             out["detections"].append(pickle.dumps(dets, protocol=5))  # columnar detections travel as one object
             out["empty"].append(sum(1 for p in patches if not has_data(p)))
@@ -144,7 +146,8 @@ def _pad(values: np.ndarray, length: int) -> np.ndarray:
 
 def _batch_rows(specs: list[BatchSpec], batch_size: int) -> list[dict]:
     """One row per model batch; fixed-length (padded) arrays so blocks stay columnar."""
-    return [{"frame": s.frame, "start": s.start, "count": len(s.window_ids),
+    return [{"frame": s.frame, "start": s.start, "count": len(s.window_ids), "pw": s.patch_size[0],
+             "ph": s.patch_size[1],
              "window_id": _pad(s.window_ids, batch_size), "x0": _pad(s.origins[:, 0], batch_size),
              "y0": _pad(s.origins[:, 1], batch_size)} for s in specs]
 
