@@ -137,7 +137,7 @@ def test_survey_scores_as_the_whole_scene_and_reports_no_object_twice(survey):
     p, r, twice = _score(survey["out"], survey["scene"], survey["truth"])
     wp, wr, wtwice = _score(survey["whole"], survey["scene"], survey["truth"])
     assert r >= wr - 0.01, (r, wr)
-    assert p >= wp - 0.03, (p, wp)
+    assert p >= wp - 0.02, (p, wp)
     assert twice <= wtwice, (twice, wtwice)
     # the frames overlap by 30 %, so many objects were seen twice; deduplication dropped those copies
     report = json.loads((survey["root"] / "report.json").read_text())

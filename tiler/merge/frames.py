@@ -6,9 +6,11 @@ centre). Two detections of different frames match by the seam merge's metric and
 unless class-agnostic); of a matched pair the view farther from its own frame's edge is kept (an object near
 a frame edge may be cut off there), ties going to the earlier frame.
 
-A detection is dropped when a detection of another frame matches it and is the better view. That decision
-needs only the frames whose footprints overlap its own, never the whole survey, and it does not depend on
-the order frames finish in, so every runner and a resumed run drop the same detections.
+A detection is dropped when a detection of another frame matches it and is the better view, or when no other
+frame's detection matches it but another frame covers its place farther from that frame's edges (that frame
+had the better view of the place, and saw nothing there). Each decision needs only the frames whose
+footprints overlap its own, never the whole survey, and it does not depend on the order frames finish in, so
+every runner and a resumed run drop the same detections.
 """
 
 from __future__ import annotations
@@ -132,4 +134,20 @@ class FrameDedup:
         losers = np.where(a_loses, a, b)
         losers = losers[frame[losers] == index]
         keep[pos[losers]] = False
+        # what no other frame matched, where another frame sees the place farther from its edges: that frame's
+        # view decides, and it saw nothing there (without this, each frame's own stray detections add up in
+        # the overlaps: on four generated surveys precision fell by up to 0.06 against the whole scene's)
+        matched = np.zeros(len(geoms), dtype=bool)
+        matched[a] = matched[b] = True
+        alone = np.flatnonzero((frame == index) & ~matched)
+        if len(alone):
+            c = shapely.centroid(geoms[alone])
+            xy = shapely.get_coordinates(c)
+            mine = shapely.distance(c, own_fp.boundary)
+            best = np.full(len(alone), -np.inf)
+            for j in self.neighbours[index]:
+                fp = self.footprints[j]
+                inside = shapely.contains_xy(fp, xy[:, 0], xy[:, 1])
+                best = np.maximum(best, np.where(inside, shapely.distance(c, fp.boundary), -np.inf))
+            keep[pos[alone[best > mine]]] = False
         return keep
