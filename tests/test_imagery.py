@@ -204,12 +204,15 @@ def test_gsd_brings_a_finer_frame_to_the_models_scale(scene, tmp_path):
         t = ds.transform
     fine_tif = _copy(scene["tif"], tmp_path / "fine.tif", fine, width=fine.shape[2], height=fine.shape[1],
                      transform=Affine(t.a / 2, 0, t.c, 0, t.e / 2, t.f))
+    with rasterio.open(fine_tif, "r+") as ds:  # an overview at the model's scale serves the decimated reads
+        ds.build_overviews([2], Resampling.average)
     out_dir = tmp_path / "out"
     proc = _tiler(scene["tif"], fine_tif, "--model", MODEL, "--out-dir", out_dir, "--gsd", "0.3", "--patch-size",
                   "320", "--no-dedup-frames", "--no-progress", "--report", tmp_path / "r.json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     frames = {Path(f["source"]).name: f for f in json.loads((tmp_path / "r.json").read_text())["frames"]}
     assert frames["scene.tif"]["patch_size"] == [320, 320] and frames["fine.tif"]["patch_size"] == [640, 640]
+    assert frames["scene.tif"]["read_size"] is None and frames["fine.tif"]["read_size"] == [320, 320]
     p0, r0 = _all(scene["scores"])
     for name in ("scene", "fine"):
         # lon/lat back to the original scene's pixels: where its truth is
@@ -252,3 +255,17 @@ def test_bad_imagery_options_are_one_line(scene, tmp_path, args, words):
     proc = _tiler(scene["tif"], "--model", MODEL, "--out", out, "--no-progress", *args)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and words in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_decimated_read_averages_and_clips_at_the_raster_edge(tmp_path):
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 256, (3, 100, 90), dtype=np.uint8)
+    path = tmp_path / "r.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=90, height=100, count=3, dtype="uint8") as ds:
+        ds.write(data)
+    src = RasterSource(path)
+    patch = src.read(40, 60, 64, 64, out_size=(32, 32)).astype(np.int64)
+    # inside the raster: 2 x 2 means; beyond its right (x >= 90) and bottom (y >= 100) edges: zero
+    want = data[:, 60:100, 40:90].reshape(3, 20, 2, 25, 2).mean(axis=(2, 4)).transpose(1, 2, 0)
+    assert np.abs(patch[:20, :25] - want).max() <= 1
+    assert not patch[20:].any() and not patch[:, 25:].any()

@@ -226,6 +226,14 @@ class Detections:
                           None if self.masks is None else self.masks.take(idx),
                           None if self.boxes is None else self.boxes[idx])
 
+    def scaled(self, factor: float) -> "Detections":
+        """Coordinates and model boxes multiplied by `factor` (patch pixels of a decimated read -> window
+        pixels). Only without masks: bitmaps are not resampled."""
+        if self.masks is not None:
+            raise ValueError("detections with masks cannot be scaled")
+        return Detections(self.class_id, self.score, self.coords * factor, self.offsets, self.window, self.on_seam,
+                          self.rings, None, None if self.boxes is None else self.boxes * factor)
+
     def with_coords(self, coords: np.ndarray) -> "Detections":
         """The same detections with every vertex replaced (e.g. by its lon/lat); pixel boxes are dropped."""
         return Detections(self.class_id, self.score, coords, self.offsets, self.window, self.on_seam, self.rings,

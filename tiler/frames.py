@@ -13,7 +13,8 @@ from .checkpoint import WorkDir
 from .config import JobConfig
 from .detections import Detections
 from .errors import RasterError
-from .pipeline import BatchResult, BatchSpec, WindowPlan, batch_specs, frame_patch_size, merge, open_source, plan
+from .pipeline import (BatchResult, BatchSpec, WindowPlan, batch_specs, frame_patch_size, frame_read_size, merge,
+                       open_source, plan)
 from .raster import RasterSource, gdal_env
 from .result import JobStats, class_counts
 
@@ -27,6 +28,7 @@ class Frame:
     source: RasterSource | None = None  # metadata (its dataset closed; readers reopen it)
     plan: WindowPlan | None = None
     patch_size: tuple[int, int] | None = None  # its windows in its own pixels
+    read_size: tuple[int, int] | None = None  # its windows read decimated to this (see pipeline.frame_read_size)
     error: str | None = None
     windows_resumed: int = 0  # taken from checkpoints, not computed again
     windows_run: int = 0
@@ -53,6 +55,7 @@ class Frame:
         read = self.source.describe() if self.source is not None else {}
         return {"source": self.uri, "status": "ok" if self.ok else "failed", "error": self.error, **read,
                 "patch_size": list(self.patch_size) if self.patch_size else None,
+                "read_size": list(self.read_size) if self.read_size else None,
                 "windows_planned": p.planned if p else 0, "windows_skipped": p.skipped if p else 0,
                 "windows_run": self.windows_run, "windows_resumed": self.windows_resumed,
                 "windows_empty": self.windows_empty, "raw_detections": self.raw_detections,
@@ -69,6 +72,7 @@ def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
         try:
             source = open_source(cfg.for_frame(uri))
             frame.patch_size = frame_patch_size(cfg, source)
+            frame.read_size = frame_read_size(cfg, frame.patch_size)
             with gdal_env(source, frame.patch_size[1], cfg.gdal_cache_mb):
                 frame.plan = plan(cfg, source, frame.patch_size)
             source.close()
@@ -116,7 +120,7 @@ class FrameAssembler:
                     setattr(f, k, v)
                 f.windows_resumed, f.windows_run = f.windows_resumed + f.windows_run, 0
                 continue
-            specs = batch_specs(f.index, f.plan, self.cfg.batch_size, f.patch_size)
+            specs = batch_specs(f.index, f.plan, self.cfg.batch_size, f.patch_size, f.read_size)
             have = set(done_batches.get(f.index, ()))
             self.parts[f.index] = []
             for s in specs:

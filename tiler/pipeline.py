@@ -29,6 +29,7 @@ class BatchSpec:
     window_ids: np.ndarray  # (n,) int64 ids in the frame's grid
     origins: np.ndarray  # (n, 2) int64 x0, y0
     patch_size: tuple[int, int]  # the frame's windows, in its pixels (per frame with `gsd`)
+    read_size: tuple[int, int] | None = None  # read decimated to this (the model's input) when set
 
 
 @dataclass
@@ -63,12 +64,22 @@ def open_source(cfg: JobConfig) -> RasterSource:
     return RasterSource(cfg.source, bands=cfg.bands, stretch=cfg.stretch)
 
 
-def batch_specs(frame: int, window_plan: WindowPlan, batch_size: int, patch_size: tuple[int, int]
-                ) -> list[BatchSpec]:
+def batch_specs(frame: int, window_plan: WindowPlan, batch_size: int, patch_size: tuple[int, int],
+                read_size: tuple[int, int] | None = None) -> list[BatchSpec]:
     """The model batches of one frame, in window order."""
     ids, origins = window_plan.window_ids, window_plan.origins
-    return [BatchSpec(frame, s, ids[s:s + batch_size], origins[s:s + batch_size], patch_size)
+    return [BatchSpec(frame, s, ids[s:s + batch_size], origins[s:s + batch_size], patch_size, read_size)
             for s in range(0, len(ids), batch_size)]
+
+
+def frame_read_size(cfg: JobConfig, patch_size: tuple[int, int]) -> tuple[int, int] | None:
+    """With `gsd`, a window larger than the model's input is read decimated to it (from an overview where
+    the raster has one at that scale) rather than read whole and shrunk by the model; not when per-object
+    masks are kept (they are bitmaps at full resolution)."""
+    side = cfg.model_imgsz
+    if cfg.gsd is None or cfg.keep_masks or max(patch_size) <= side:
+        return None
+    return side, side
 
 
 def frame_patch_size(cfg: JobConfig, source: RasterSource) -> tuple[int, int]:
@@ -101,10 +112,12 @@ def make_predictor(cfg: JobConfig) -> Predictor:
                      backend=cfg.backend, batch=cfg.batch_size)
 
 
-def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.ndarray, window_ids: np.ndarray
-                 ) -> list[np.ndarray]:
+def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.ndarray, window_ids: np.ndarray,
+                 read_size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """The windows' patches, each `read_size` (decimated) when given, else `patch_size`."""
     pw, ph = patch_size
-    return [source.read(int(x), int(y), pw, ph, window_id=int(w)) for (x, y), w in zip(origins, window_ids)]
+    return [source.read(int(x), int(y), pw, ph, window_id=int(w), out_size=read_size)
+            for (x, y), w in zip(origins, window_ids)]
 
 
 def has_data(patch: np.ndarray) -> bool:
@@ -120,6 +133,9 @@ def infer_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size
     if not live:
         return Detections.empty()
     local = predictor.predict([patches[k] for k in live])
+    scale = patch_size[0] / patches[0].shape[1]
+    if scale != 1:  # patches read decimated: the model saw them smaller than the window
+        local = local.scaled(scale)
     return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], patch_size, raster_size)
 
 

@@ -246,26 +246,34 @@ class RasterSource:
         return valid, self.width / w, self.height / h
 
     # -- windowed reads ---------------------------------------------------------------------------------
-    def read(self, x0: int, y0: int, width: int, height: int, window_id: int = -1) -> np.ndarray:
-        """(height, width, 3) uint8 RGB; the part outside the raster (and masked pixels) is zero."""
+    def read(self, x0: int, y0: int, width: int, height: int, window_id: int = -1,
+             out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """(height, width, 3) uint8 RGB; the part outside the raster (and masked pixels) is zero. With
+        `out_size` (w, h) smaller than the window, the window is read decimated to that size (pixel averages;
+        GDAL serves the read from an overview where one has that scale)."""
         cx0, cy0 = max(0, x0), max(0, y0)
         cx1, cy1 = min(self.width, x0 + width), min(self.height, y0 + height)
-        out = np.zeros((height, width, 3), dtype=np.uint8)
+        ow, oh = out_size or (width, height)
+        out = np.zeros((oh, ow, 3), dtype=np.uint8)
         if cx1 <= cx0 or cy1 <= cy0:
             return out
         win = Window(cx0, cy0, cx1 - cx0, cy1 - cy0)
         ds = self.dataset
-        inside = out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+        fx, fy = width / ow, height / oh
+        inside = out[int(round((cy0 - y0) / fy)):int(round((cy1 - y0) / fy)),
+                     int(round((cx0 - x0) / fx)):int(round((cx1 - x0) / fx))]
+        scaled = {} if out_size is None else {"resampling": Resampling.average}
+        shape = inside.shape[:2]
         try:
             if self.palette is not None:
-                inside[:] = self.palette[ds.read(1, window=win)]
+                inside[:] = self.palette[ds.read(1, window=win, out_shape=shape, **scaled)]
             elif self.stretch is None and self.dtype == "uint8" and len(set(self.bands)) == 3:
                 # uint8, three distinct bands: GDAL writes pixel-interleaved straight into the patch (a
                 # strided view), half the time of a band-sequential read plus a transposing copy
-                ds.read(list(self.bands), window=win, out=inside.transpose(2, 0, 1))
+                ds.read(list(self.bands), window=win, out=inside.transpose(2, 0, 1), **scaled)
             else:
                 unique = sorted(set(self.bands))
-                data = ds.read(unique, window=win)
+                data = ds.read(unique, window=win, out_shape=(len(unique), *shape), **scaled)
                 pos = {b: k for k, b in enumerate(unique)}
                 data = data[[pos[b] for b in self.bands]]
                 if self.stretch is not None:
@@ -274,7 +282,7 @@ class RasterSource:
                     data = np.rint(np.clip(np.nan_to_num(data.astype(np.float32)), 0, 255)).astype(np.uint8)
                 inside[:] = np.moveaxis(data, 0, -1)
             if self.has_mask:
-                inside[ds.read_masks(self.bands[0], window=win) == 0] = 0
+                inside[ds.read_masks(self.bands[0], window=win, out_shape=shape) == 0] = 0
         except (RasterioIOError, RasterioError) as exc:
             raise WindowReadError(window_id, x0, y0, _first_line(exc)) from None
         return out

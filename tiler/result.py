@@ -34,6 +34,18 @@ def frame_provenance(cfg: JobConfig, model_sha256: str) -> dict:
             "tiler_version": __version__}
 
 
+def write_report(path: str | os.PathLike, report: dict) -> Path:
+    """A run report as JSON, written atomically."""
+    import json
+
+    from .writers import atomic_text, check_writable
+
+    check_writable(path)
+    with atomic_text(path) as f:
+        json.dump(report, f, indent=1)
+    return Path(path)
+
+
 def class_counts(dets: Detections, names: dict[int, str]) -> dict[str, int]:
     """Detections per class name."""
     ids, counts = np.unique(dets.class_id, return_counts=True)
@@ -144,14 +156,7 @@ class JobResult:
 
     def write_report(self, path: str | os.PathLike) -> Path:
         """The run report, as JSON, written atomically: see `report()`."""
-        import json
-
-        from .writers import atomic_text, check_writable
-
-        check_writable(path)
-        with atomic_text(path) as f:
-            json.dump(self.report(), f, indent=1)
-        return Path(path)
+        return write_report(path, self.report())
 
     def report(self) -> dict:
         """Everything about the run: windows planned/skipped/run, raw and kept detections per class, seconds per
@@ -248,14 +253,8 @@ class SurveyResult:
                 "failed": [{"source": s, "error": e} for s, e in self.failed]}
 
     def write_report(self, path: str | os.PathLike) -> Path:
-        import json
-
-        from .writers import atomic_text, check_writable
-
-        check_writable(path)
-        with atomic_text(path) as f:
-            json.dump(self.report(), f, indent=1)
-        return Path(path)
+        """The run report, as JSON, written atomically: see `report()`."""
+        return write_report(path, self.report())
 
     def summary(self) -> str:
         s = self.stats

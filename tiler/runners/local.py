@@ -48,7 +48,7 @@ class LocalExecutor:
             open_frame[0] = spec.frame
             t0 = time.perf_counter()
             try:
-                patches = read_patches(source, spec.patch_size, spec.origins, spec.window_ids)
+                patches = read_patches(source, spec.patch_size, spec.origins, spec.window_ids, spec.read_size)
             except RasterError as exc:  # a corrupt window, or a frame gone since it was planned
                 return None, time.perf_counter() - t0, exc
             return patches, time.perf_counter() - t0, None

@@ -59,15 +59,17 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int
     A row is one model batch (`cfg.batch_size` windows of one frame, padded arrays plus a count), exactly as
     the local executor groups windows, so the model sees identical batches and both give identical output."""
     packed, errors, sizes = [], [], []
-    for frame, count, wid, x0, y0, pw, ph in zip(batch["frame"], batch["count"], batch["window_id"], batch["x0"],
-                                                 batch["y0"], batch["pw"], batch["ph"]):
+    for frame, count, wid, x0, y0, pw, ph, rw, rh in zip(batch["frame"], batch["count"], batch["window_id"],
+                                                         batch["x0"], batch["y0"], batch["pw"], batch["ph"],
+                                                         batch["rw"], batch["rh"]):
         source = _worker_source(int(frame), sources)
         sizes.append((source.width, source.height))
         origins = np.stack([x0[:count], y0[:count]], axis=1)
         t = time.perf_counter()
         try:
             with gdal_env(source, int(ph), cfg.gdal_cache_mb):
-                patches = read_patches(source, (int(pw), int(ph)), origins, wid[:count])
+                patches = read_patches(source, (int(pw), int(ph)), origins, wid[:count],
+                                       (int(rw), int(rh)) if rw else None)
                 packed.append(pickle.dumps(np.stack(patches), protocol=5))
             errors.append(b"")
         except RasterError as exc:
@@ -147,7 +149,8 @@ def _pad(values: np.ndarray, length: int) -> np.ndarray:
 def _batch_rows(specs: list[BatchSpec], batch_size: int) -> list[dict]:
     """One row per model batch; fixed-length (padded) arrays so blocks stay columnar."""
     return [{"frame": s.frame, "start": s.start, "count": len(s.window_ids), "pw": s.patch_size[0],
-             "ph": s.patch_size[1],
+             "ph": s.patch_size[1], "rw": s.read_size[0] if s.read_size else 0,
+             "rh": s.read_size[1] if s.read_size else 0,
              "window_id": _pad(s.window_ids, batch_size), "x0": _pad(s.origins[:, 0], batch_size),
              "y0": _pad(s.origins[:, 1], batch_size)} for s in specs]
 
