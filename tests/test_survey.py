@@ -120,6 +120,17 @@ def test_config_takes_a_list_of_sources():
     assert a.fingerprint() != JobConfig(source="a.tif", model="m.pt", conf=0.3).fingerprint()
 
 
+def test_dedup_asked_for_pixel_space_frames_is_refused_before_the_job(tmp_path):
+    pngs = []
+    for k in range(2):
+        pngs.append(tmp_path / f"f{k}.png")
+        with rasterio.open(pngs[-1], "w", driver="PNG", width=64, height=64, count=3, dtype="uint8") as ds:
+            ds.write(np.full((3, 64, 64), 100, np.uint8))
+    proc = _tiler(*pngs, "--out", tmp_path / "x.geojson", *CLI_PARAMS, "--dedup-frames", check_rc=2)
+    assert proc.stderr.count("\n") == 1 and "dedup_frames needs georeferenced frames" in proc.stderr
+    assert not list(tmp_path.glob("x.geojson*"))  # no output, no work dir
+
+
 def test_yaml_spec_and_command_line_take_several_inputs(tmp_path):
     from tiler.cli import build_parser, predict_config
 

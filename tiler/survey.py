@@ -33,15 +33,18 @@ def make_dedup(cfg: JobConfig, frames: list[Frame], load: Callable[[int], Detect
     if cfg.dedup_frames is False:
         return None
     geo = [f for f in frames if f.ok and f.source.georeferenced]
-    if not geo:
-        if cfg.dedup_frames:
-            raise ConfigError("dedup_frames needs georeferenced frames (these have pixel coordinates only)")
+    if not geo:  # (asking for it without georeferencing was refused before the job: _check_dedup)
         return None
     from .merge.frames import FrameDedup, FrameGeo
 
     dedup = FrameDedup([FrameGeo(f.index, f.source.width, f.source.height, _georeferencer(cfg, f.source))
                         for f in geo], load, cfg.match_metric, cfg.nms_threshold, cfg.class_agnostic)
     return dedup if (cfg.dedup_frames or dedup.any_overlap) else None
+
+
+def _check_dedup(cfg: JobConfig, frames: list[Frame]) -> None:
+    if cfg.dedup_frames and not any(f.ok and f.source.georeferenced for f in frames):
+        raise ConfigError("dedup_frames needs georeferenced frames (these have pixel coordinates only)")
 
 
 def _native_crs(frames: list[Frame]):
@@ -63,6 +66,7 @@ def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None]
     t = time.perf_counter()
     frames = plan_frames(cfg, uris)
     stats.add_time("plan", time.perf_counter() - t)
+    _check_dedup(cfg, frames)
     if cfg.out:  # a CRS the output cannot have is found now, not after the job
         check_output_path(cfg.out, cfg.crs)
         output_crs(output_format(cfg.out), cfg.crs, _native_crs(frames))
