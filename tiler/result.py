@@ -227,6 +227,7 @@ class SurveyResult:
     config: JobConfig
     results: list[JobResult] | None = None
     out: Path | None = None
+    model_sha256: str = ""  # hashed once, for the features' provenance and the report
     frames: list[dict] | None = None  # the run report's per-frame record
 
     def __len__(self) -> int:
@@ -245,11 +246,10 @@ class SurveyResult:
         """The run: totals, seconds per stage, the configuration and model checksum, and every frame (source,
         status, error, windows planned / run / resumed, detections, seconds)."""
         from . import __version__
-        from .model.backends import model_digest
 
         return {"tiler_version": __version__, "task": self.task, "classes": {str(k): v for k, v in self.names.items()},
                 "stats": self.stats.to_dict(), "config": self.config.to_dict(),
-                "model_sha256": model_digest(self.config.model), "frames": self.frames,
+                "model_sha256": self.model_sha256, "frames": self.frames,
                 "failed": [{"source": s, "error": e} for s, e in self.failed]}
 
     def write_report(self, path: str | os.PathLike) -> Path:

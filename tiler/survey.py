@@ -234,7 +234,7 @@ def _survey_result(cfg, frames, assembler, dedup, names, task, stats) -> SurveyR
         raise
     stats.add_time("write", time.perf_counter() - t)
     stats.kept_per_class = kept_counts
-    return SurveyResult(frames, names, task, stats, cfg, results, Path(cfg.out) if cfg.out else None)
+    return SurveyResult(frames, names, task, stats, cfg, results, Path(cfg.out) if cfg.out else None, model_sha256)
 
 
 def _georeferencer(cfg: JobConfig, src: RasterSource):

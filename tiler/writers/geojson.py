@@ -96,25 +96,38 @@ def _ring_geometries(flat: list, rings: Rings) -> Iterator[dict]:
             yield {"type": "MultiPolygon", "coordinates": polygons}
 
 
-def write_geojson(path: Path, fs: FeatureSet, seq: bool = False, meta: dict | None = None) -> Path:
-    """Write `fs` as a GeoJSON FeatureCollection, or a GeoJSON text sequence with `seq`, atomically.
-    orjson encodes each feature (~20x faster than the json module); coordinates were checked finite."""
+def collection_head(crs, meta: dict | None) -> bytes:
+    """The start of a FeatureCollection, up to its first feature; pixel-space output says so here."""
+    import orjson
+
+    head = {"type": "FeatureCollection"}
+    if crs is None:
+        head["coordinate_space"] = "pixel"
+        head["coordinate_space_note"] = PIXEL_SPACE_NOTE
+    if meta:
+        head["tiler"] = meta
+    return orjson.dumps(head)[:-1] + b',"features":['
+
+
+def encoded_features(fs: FeatureSet) -> Iterator[bytes]:
+    """Each feature as JSON bytes. orjson encodes them (~20x faster than the json module); coordinates were
+    checked finite."""
     import orjson
 
     dumps, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
+    for feat in _features(fs):
+        yield dumps(feat, option=numpy)
+
+
+def write_geojson(path: Path, fs: FeatureSet, seq: bool = False, meta: dict | None = None) -> Path:
+    """Write `fs` as a GeoJSON FeatureCollection, or a GeoJSON text sequence with `seq`, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         if seq:
-            for feat in _features(fs):
-                f.write(b"\x1e" + dumps(feat, option=numpy) + b"\n")  # RFC 8142 record separator
+            for feat in encoded_features(fs):
+                f.write(b"\x1e" + feat + b"\n")  # RFC 8142 record separator
             return path
-        head = {"type": "FeatureCollection"}
-        if fs.crs is None:
-            head["coordinate_space"] = "pixel"
-            head["coordinate_space_note"] = PIXEL_SPACE_NOTE
-        if meta:
-            head["tiler"] = meta
-        f.write(dumps(head)[:-1] + b',"features":[')
-        for k, feat in enumerate(_features(fs)):
-            f.write((b"\n" if k == 0 else b",\n") + dumps(feat, option=numpy))
+        f.write(collection_head(fs.crs, meta))
+        for k, feat in enumerate(encoded_features(fs)):
+            f.write((b"\n" if k == 0 else b",\n") + feat)
         f.write(b"\n]}\n")
     return path

@@ -14,13 +14,18 @@ GEOPARQUET_VERSION = "1.1.0"
 
 def geo_metadata(fs: FeatureSet, enc: EncodedGeometries) -> dict:
     """The file's `geo` metadata. A pixel-space output has `crs: null` (the spec's "undefined CRS")."""
-    column = {"encoding": "WKB", "geometry_types": enc.types,
-              "crs": fs.crs.to_json_dict() if fs.crs is not None else None,
+    b = enc.bounds
+    bbox = [b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()] if len(b) else None
+    return geo_metadata_for(fs.crs, enc.types, bbox)
+
+
+def geo_metadata_for(crs, types: list[str], bbox) -> dict:
+    """`geo` metadata for geometries of `types` in `crs` (None: pixel space) within `bbox` (None: unknown)."""
+    column = {"encoding": "WKB", "geometry_types": types, "crs": crs.to_json_dict() if crs is not None else None,
               "orientation": "counterclockwise",
               "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}}
-    if len(enc.bounds):
-        b = enc.bounds
-        column["bbox"] = [float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max())]
+    if bbox is not None:
+        column["bbox"] = [float(v) for v in bbox]
     return {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
 
 

@@ -18,8 +18,6 @@ def write_ogr(path: Path, fs: FeatureSet, fmt: str, meta: dict | None = None) ->
     """One layer, `detections`. A layer of Polygons, or of MultiPolygons when any feature has several parts
     (then all are written as MultiPolygons: GIS layers want one type). Pixel-space outputs have no CRS, and
     say so in the layer metadata (GeoPackage) or header (FlatGeobuf)."""
-    from pyogrio import write_arrow
-
     if fmt == "flatgeobuf":
         from . import flatgeobuf
 
@@ -28,16 +26,25 @@ def write_ogr(path: Path, fs: FeatureSet, fmt: str, meta: dict | None = None) ->
     enc = encode_geometries(fs)
     layer_type = "MultiPolygon" if "MultiPolygon" in enc.types else "Polygon"
     table = feature_table(fs, enc)
+    with atomic_path(path) as tmp:
+        write_layer(table, tmp, fmt, layer_type, fs.crs, meta)
+    return path
+
+
+def write_layer(arrow_obj, path: Path, fmt: str, layer_type: str, crs, meta: dict | None) -> None:
+    """The `detections` layer from an Arrow table or stream, with its CRS (none: pixel space, said in the
+    layer metadata (GeoPackage) and the description (both))."""
+    from pyogrio import write_arrow
+
     info = dict(meta or {})
-    if fs.crs is None:
+    if crs is None:
         info.update(coordinate_space="pixel", coordinate_space_note=PIXEL_SPACE_NOTE)
-    description = "tiler detections" + (" in pixel coordinates" if fs.crs is None else "")
+    description = "tiler detections" + (" in pixel coordinates" if crs is None else "")
     if fmt == "gpkg":
         kwargs = {"layer_metadata": {"tiler": json.dumps(info)}, "layer_options": {"DESCRIPTION": description}}
     else:  # FlatGeobuf keeps a description in its header (GDAL writes no metadata string there)
         kwargs = {"layer_options": {"DESCRIPTION": description}}
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)  # pixel space has none, by design
-        write_arrow(table, str(tmp), layer=LAYER, driver=DRIVERS[fmt], geometry_name="geometry",
-                    geometry_type=layer_type, crs=fs.crs.to_wkt() if fs.crs is not None else None, **kwargs)
-    return path
+        write_arrow(arrow_obj, str(path), layer=LAYER, driver=DRIVERS[fmt], geometry_name="geometry",
+                    geometry_type=layer_type, crs=crs.to_wkt() if crs is not None else None, **kwargs)

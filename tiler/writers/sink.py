@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 
 from ..detections import Detections
@@ -75,31 +74,23 @@ class Sink:
 
 class GeoJSONSink(Sink):
     def __init__(self, *args):
-        import orjson
+        from .geojson import collection_head
 
         super().__init__(*args)
         self.f = open(self.tmp, "wb")
         self.seq = self.fmt == "geojsonseq"
         self.separator = b"\n"
         if not self.seq:
-            head = {"type": "FeatureCollection"}
-            if self.crs is None:
-                head["coordinate_space"] = "pixel"
-                head["coordinate_space_note"] = PIXEL_SPACE_NOTE
-            head["tiler"] = self.meta
-            self.f.write(orjson.dumps(head)[:-1] + b',"features":[')
+            self.f.write(collection_head(self.crs, self.meta))
 
     def _write(self, fs: FeatureSet) -> None:
-        import orjson
+        from .geojson import encoded_features
 
-        from .geojson import _features
-
-        dumps, numpy = orjson.dumps, orjson.OPT_SERIALIZE_NUMPY
-        for feat in _features(fs):
+        for feat in encoded_features(fs):
             if self.seq:
-                self.f.write(b"\x1e" + dumps(feat, option=numpy) + b"\n")
+                self.f.write(b"\x1e" + feat + b"\n")  # RFC 8142 record separator
             else:
-                self.f.write(self.separator + dumps(feat, option=numpy))
+                self.f.write(self.separator + feat)
                 self.separator = b",\n"
 
     def _close(self) -> None:
@@ -135,16 +126,11 @@ class ParquetSink(Sink):
                                                                    np.maximum(self.bbox[2:], b[2:])])
 
     def _close(self) -> None:
-        from .geoparquet import GEOPARQUET_VERSION
+        from .geoparquet import geo_metadata_for
 
         if self.writer is None:  # nothing was written: an empty dataset still has its columns
             self._write(FeatureSet.build(Detections.empty(), {}, None, None, None))
-        column = {"encoding": "WKB", "geometry_types": sorted(self.types),
-                  "crs": self.crs.to_json_dict() if self.crs is not None else None, "orientation": "counterclockwise",
-                  "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}}}
-        if self.bbox is not None:
-            column["bbox"] = [float(v) for v in self.bbox]
-        geo = {"version": GEOPARQUET_VERSION, "primary_column": "geometry", "columns": {"geometry": column}}
+        geo = geo_metadata_for(self.crs, sorted(self.types), self.bbox)
         self.writer.add_key_value_metadata({"geo": json.dumps(geo), "tiler": json.dumps(self.meta)})
         self.writer.close()
 
@@ -171,9 +157,8 @@ class OgrSink(Sink):
     def _close(self) -> None:
         import pyarrow as pa
         import shapely
-        from pyogrio import write_arrow
 
-        from .ogr import DRIVERS, LAYER
+        from .ogr import write_layer
 
         if self.writer is None:
             self._write(FeatureSet.build(Detections.empty(), {}, None, None, None))
@@ -193,18 +178,10 @@ class OgrSink(Sink):
                     batch = batch.set_column(i, "geometry", pa.array(shapely.to_wkb(geoms), pa.binary()))
                 yield batch
 
-        description = "tiler detections" + (" in pixel coordinates" if self.crs is None else "")
-        if self.fmt == "gpkg":
-            kwargs = {"layer_metadata": {"tiler": json.dumps(self.meta)}, "layer_options": {"DESCRIPTION": description}}
-        else:
-            kwargs = {"layer_options": {"DESCRIPTION": description}}
-        with pa.memory_map(str(self.spool)) as src, warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+        with pa.memory_map(str(self.spool)) as src:
             reader = pa.ipc.open_file(src)
-            stream = pa.RecordBatchReader.from_batches(reader.schema, batches(reader))
-            write_arrow(stream, str(self.tmp), layer=LAYER, driver=DRIVERS[self.fmt], geometry_name="geometry",
-                        geometry_type="MultiPolygon" if multi else "Polygon",
-                        crs=self.crs.to_wkt() if self.crs is not None else None, **kwargs)
+            write_layer(pa.RecordBatchReader.from_batches(reader.schema, batches(reader)), self.tmp, self.fmt,
+                        "MultiPolygon" if multi else "Polygon", self.crs, self.meta)
 
     def _cleanup(self) -> None:
         if self.writer is not None:
