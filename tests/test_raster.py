@@ -511,3 +511,61 @@ def test_pickle_keeps_bands_and_stretch(tmp_path):
         assert clone.bands == (3, 1, 4)
         np.testing.assert_array_equal(clone.stretch.low, src.stretch.low)
         np.testing.assert_array_equal(clone.read(10, 10, 64, 64), before)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# strip reads (neighbouring windows of a row read once and cut in memory)
+
+
+@pytest.mark.parametrize("bands,mask", [(None, False), ((3, 1, 2), False), (None, True), ((1,), False)])
+def test_strip_reads_equal_window_reads(tmp_path, bands, mask):
+    """A batch of a real grid (edge-shifted, rows split across batches, a raster smaller than a patch in one
+    direction) read as strips gives exactly the per-window patches."""
+    from tiler.pipeline import _strips, read_patches
+
+    data = gradient(530, 140, bands=3)
+    valid = None
+    if mask:
+        valid = np.ones((140, 530), bool)
+        valid[20:60, 100:400] = False
+    path = write_tif(tmp_path / "g.tif", data, mask=valid, tiled=True, blockxsize=64, blockysize=64)
+    with RasterSource(path, bands=bands) as src:
+        cfg = JobConfig(source=path, model="m.pt", patch_size=96, overlap=0.25)
+        grid = plan(cfg, src).grid
+        origins = np.asarray(grid.origins())
+        ids = np.arange(len(origins))
+        strips = 0
+        for start in range(0, len(origins), 5):  # batches of 5: some strips end inside a row
+            o, w = origins[start:start + 5], ids[start:start + 5]
+            got = read_patches(src, (96, 160), o, w)  # taller than the raster: padded below
+            strips += len(_strips(o, 96))
+            for (x, y), k, patch in zip(o, w, got):
+                np.testing.assert_array_equal(patch, src.read(int(x), int(y), 96, 160), err_msg=f"window {k}")
+        assert strips <= len(origins) // 2  # most windows were cut from strips
+
+
+def test_strips_join_only_neighbours_of_one_row():
+    from tiler.pipeline import _strips
+
+    xy = np.array([[0, 0], [72, 0], [144, 0], [400, 0], [0, 72], [72, 72], [72, 144], [50, 144]])
+    assert _strips(xy, 96) == [(0, 3), (3, 4), (4, 6), (6, 7), (7, 8)]
+    assert _strips(np.zeros((0, 2), np.int64), 96) == []
+
+
+def test_strip_read_error_names_the_failing_window(tmp_path):
+    from tiler.pipeline import read_patches
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 255, (1, 64, 512), dtype=np.uint8)
+    path = write_tif(tmp_path / "corrupt.tif", data, tiled=True, blockxsize=64, blockysize=64, compress="deflate")
+    with rasterio.open(path) as ds:
+        off = int(ds.get_tag_item("BLOCK_OFFSET_5_0", "TIFF", bidx=1))  # block column 5 (x 320-383)
+        size = int(ds.get_tag_item("BLOCK_SIZE_5_0", "TIFF", bidx=1))
+    raw = bytearray(open(path, "rb").read())
+    raw[off + 8:off + size - 8] = b"\xff" * (size - 16)
+    open(path, "wb").write(bytes(raw))
+    with RasterSource(path) as src:
+        origins = np.array([[0, 0], [48, 0], [96, 0], [144, 0], [192, 0], [240, 0], [288, 0]])
+        with pytest.raises(WindowReadError) as info:
+            read_patches(src, (64, 64), origins, np.arange(10, 17))
+    assert info.value.window_id == 16 and info.value.x0 == 288  # the only window touching block 5

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import JobConfig
 from .detections import Detections, to_global
-from .errors import RasterError
+from .errors import RasterError, WindowReadError
 from .grid import WindowGrid, plan_windows, select_windows_with_data
 from .merge import group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
 from .model import Predictor
@@ -114,10 +114,44 @@ def make_predictor(cfg: JobConfig) -> Predictor:
 
 def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.ndarray, window_ids: np.ndarray,
                  read_size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """The windows' patches, each `read_size` (decimated) when given, else `patch_size`."""
+    """The windows' patches, each `read_size` (decimated) when given, else `patch_size`.
+
+    Neighbouring windows of one grid row (consecutive in the batch, same top, overlapping or touching) are
+    read as one strip and cut in memory, so the pixels they share are decoded and copied once (at 25 %
+    overlap a row's windows cover each pixel 1.33 times; the rows above and below share blocks through
+    GDAL's block cache). The patches are views of the strip and equal per-window reads bit for bit (tested).
+    Decimated reads stay per window: averaging a strip would mix pixels across window edges."""
     pw, ph = patch_size
-    return [source.read(int(x), int(y), pw, ph, window_id=int(w), out_size=read_size)
-            for (x, y), w in zip(origins, window_ids)]
+    xy = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
+    ids = np.asarray(window_ids).reshape(-1)
+    if read_size is not None:
+        return [source.read(int(x), int(y), pw, ph, window_id=int(w), out_size=read_size)
+                for (x, y), w in zip(xy, ids)]
+    patches: list[np.ndarray] = []
+    for a, b in _strips(xy, pw):
+        if b - a == 1:
+            patches.append(source.read(int(xy[a, 0]), int(xy[a, 1]), pw, ph, window_id=int(ids[a])))
+            continue
+        x0, y0 = int(xy[a, 0]), int(xy[a, 1])
+        try:
+            strip = source.read(x0, y0, int(xy[b - 1, 0]) + pw - x0, ph, window_id=int(ids[a]))
+        except WindowReadError:  # read the strip's windows one by one, so the error names the failing one
+            patches += [source.read(int(x), int(y), pw, ph, window_id=int(w)) for (x, y), w in zip(xy[a:b], ids[a:b])]
+            continue
+        patches += [strip[:, x - x0:x - x0 + pw] for x in xy[a:b, 0].tolist()]
+    return patches
+
+
+def _strips(xy: np.ndarray, width: int) -> list[tuple[int, int]]:
+    """[start, end) runs of consecutive windows with the same top whose left edges step right by at most
+    `width` (each overlaps or touches the one before)."""
+    if len(xy) == 0:
+        return []
+    step = np.diff(xy[:, 0])
+    joined = (np.diff(xy[:, 1]) == 0) & (step > 0) & (step <= width)
+    cuts = np.flatnonzero(~joined) + 1
+    bounds = np.concatenate([[0], cuts, [len(xy)]])
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
 def has_data(patch: np.ndarray) -> bool:
