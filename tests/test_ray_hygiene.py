@@ -145,3 +145,24 @@ def test_ctrl_c_mid_job_exits_130_with_no_output_and_no_process_left(tmp_path, r
     assert not leftover, leftover
     # no output, only the checkpoints a --resume continues from
     assert not out.exists() and [p.name for p in tmp_path.glob("out*")] == ["out.geojson.tiler-work"]
+
+
+def test_normal_ray_job_prints_no_ray_log_lines(tmp_path):
+    """A normal `tiler predict --runner ray` prints its summary and nothing from Ray: in particular not the
+    core worker's error-level line about actors with constructor arguments in the object store, which every
+    Ray Data actor pool triggers (kept off stderr by runners/_ray_log.py)."""
+    import os
+    import subprocess
+    import sys
+
+    tif, _ = write_scene(SceneSpec(640, 640, seed=3), tmp_path / "scene.tif")
+    out = tmp_path / "out.geojson"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", YOLO_OFFLINE="1")
+    proc = subprocess.run([str(Path(sys.executable).parent / "tiler"), "predict", str(tif), "--model", str(MODEL),
+                           "--out", str(out), "--patch-size", "320", "--runner", "ray", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ""
+    assert proc.stdout.startswith("tiler: ") and "objects" in proc.stdout and len(proc.stdout.splitlines()) == 1
+    assert out.exists()

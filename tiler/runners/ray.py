@@ -32,6 +32,7 @@ from ..pipeline import BatchResult, BatchSpec, has_data, infer_patches, make_pre
 from ..raster import RasterSource, gdal_env
 from ..result import JobStats
 from . import _reaper
+from ._ray_log import StderrFilter
 
 # Test hook: when this names a file that does not exist yet, the first actor batch creates it and kills
 # its own process, so tests can prove a lost actor leaves the job complete and identical.
@@ -256,6 +257,7 @@ class RayExecutor:
         stats.add_time("check_model", time.perf_counter() - t)
         t = time.perf_counter()
         self.embedded = _init_ray(cfg)
+        self.stderr_filter = StderrFilter().start()  # Ray's one routine error-level line (see _ray_log.py)
         try:
             import ray.data
 
@@ -276,9 +278,12 @@ class RayExecutor:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.embedded is not None:
-            self.embedded.stop()
-            self.embedded = None
+        try:
+            if self.embedded is not None:
+                self.embedded.stop()
+                self.embedded = None
+        finally:
+            self.stderr_filter.stop()
 
     def run(self, specs: list[BatchSpec], failed: Callable[[int], bool]) -> Iterator[BatchResult]:
         """Results in the order they finish (the survey does not care). `failed` is not consulted: batches
