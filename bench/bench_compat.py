@@ -1,6 +1,6 @@
 """tiler.compat against patched_yolo_infer 1.3.10 on the same 4000 x 4000 image: wall time and peak RSS.
 
-    .venv/bin/python bench/bench_compat.py [--size 4000] [--seed 4000] [--dense 1200]
+    .venv/bin/python bench/bench_compat.py [--size 4000] [--seed 4000] [--dense 1200] [--repeats 3] [--tasks detect,segment]
 
 Each run is its own process (peak RSS is per process, and both libraries set torch's thread count
 process-wide), running the guide's two calls, MakeCropsDetectThem then CombineDetections, with the same
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=4000)
     ap.add_argument("--dense", type=int, default=1200)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per library; medians are reported")
+    ap.add_argument("--tasks", default="detect,segment")
     ap.add_argument("--worker", nargs=3, metavar=("LIB", "TASK", "NPY"))
     args = ap.parse_args()
     if args.worker:
@@ -83,6 +84,8 @@ def main() -> None:
         np.save(dense, sparse)
         rows = []
         for task, path in (("detect", whole), ("segment", dense)):
+            if task not in args.tasks.split(","):
+                continue
             for _ in range(args.repeats):
                 for lib in ("tiler", "reference"):
                     out = subprocess.run([sys.executable, __file__, "--worker", lib, task, str(path)],
@@ -92,7 +95,7 @@ def main() -> None:
     print("\n| task | library | wall s (import + calls) | calls alone s | peak RSS MB | raw detections | kept "
           "| tiler / reference |")
     print("|---|---|---|---|---|---|---|---|")
-    for task in ("detect", "segment"):
+    for task in args.tasks.split(","):
         med = {}
         for lib in ("tiler", "reference"):
             runs = [x for x in rows if x["task"] == task and x["lib"] == lib]
