@@ -67,6 +67,8 @@ def test_scene_ray_equals_local_with_fake_gpu_actor(cluster, scene, tmp_path):
     # nodata windows are skipped on the driver and never shipped
     assert remote.stats.windows_skipped == local.stats.windows_skipped > 0
     assert remote.stats.windows_run == local.stats.windows_run
+    # the GPU actors were never given reading to do: every batch was read by a separate CPU task
+    assert remote.stats.batches_read_by_model_process == 0
     fc = json.loads((tmp_path / "ray.geojson").read_text())
     assert "crs" not in fc and fc["features"][0]["geometry"]["type"] == "Polygon"
 
@@ -102,3 +104,5 @@ def test_segmentation_with_union_and_masks_ray_equals_local(cluster, scene, tmp_
     assert a.masks is not None and len(a.masks) == len(a)
     np.testing.assert_array_equal(a.masks.boxes, b.masks.boxes)
     np.testing.assert_array_equal(a.masks.data, b.masks.data)
+    # CPU actors: Ray Data fuses the read tasks into them (compare the fake-GPU test, where none are)
+    assert remote.stats.batches_read_by_model_process > 0

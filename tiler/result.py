@@ -67,6 +67,9 @@ class JobStats:
     seconds: dict[str, float] = field(default_factory=dict)
     workers: int = 0
     actor_restarts: int = 0
+    # Ray: model batches whose windows were read in the model's own process (Ray Data fuses reads into CPU
+    # actors; GPU actors get their patches from separate CPU read tasks, so this stays 0 for them)
+    batches_read_by_model_process: int = 0
     backend: str = "torch"
     raw_per_class: dict[str, int] = field(default_factory=dict)
     kept_per_class: dict[str, int] = field(default_factory=dict)

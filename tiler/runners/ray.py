@@ -59,12 +59,12 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int
 
     A row is one model batch (`cfg.batch_size` windows of one frame, padded arrays plus a count), exactly as
     the local executor groups windows, so the model sees identical batches and both give identical output."""
-    packed, errors, sizes = [], [], []
+    packed, errors, widths, heights, read_s = [], [], [], [], []
     for frame, count, wid, x0, y0, pw, ph, rw, rh in zip(batch["frame"], batch["count"], batch["window_id"],
                                                          batch["x0"], batch["y0"], batch["pw"], batch["ph"],
                                                          batch["rw"], batch["rh"]):
         source = _worker_source(int(frame), sources)
-        sizes.append((source.width, source.height))
+        widths.append(source.width), heights.append(source.height)
         origins = np.stack([x0[:count], y0[:count]], axis=1)
         t = time.perf_counter()
         try:
@@ -78,10 +78,10 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int
             # one: it travels to the driver as data, which records its frame as failed, instead of a retry
             packed.append(b"")
             errors.append(pickle.dumps(exc))
-        sizes[-1] += (time.perf_counter() - t,)
-    size = np.array(sizes)
-    return {**batch, "raster_w": size[:, 0].astype(np.int64), "raster_h": size[:, 1].astype(np.int64),
-            "read_s": size[:, 2], "patches": np.array(packed, dtype=object), "error": np.array(errors, dtype=object)}
+        read_s.append(time.perf_counter() - t)
+    return {**batch, "raster_w": np.array(widths, np.int64), "raster_h": np.array(heights, np.int64),
+            "read_s": np.array(read_s), "patches": np.array(packed, dtype=object),
+            "error": np.array(errors, dtype=object), "read_pid": np.full(len(read_s), os.getpid(), np.int64)}
 
 
 class PredictActor:
@@ -119,12 +119,14 @@ class PredictActor:
             out["empty"].append(sum(1 for p in patches if not has_data(p)))
             out["seconds"].append(batch["read_s"][k] + time.perf_counter() - t)
         restarted = np.zeros(len(out["empty"]), dtype=np.int64)
+        # Ray Data fuses the read tasks into CPU actors; with GPU actors they run apart (reported, and tested)
+        read_here = (np.asarray(batch["read_pid"]) == os.getpid()).astype(np.int64)
         if self.unreported_restart and len(restarted):
             restarted[0], self.unreported_restart = 1, False
         return {"frame": batch["frame"], "start": batch["start"], "count": batch["count"],
                 "window_id": batch["window_id"], "detections": np.array(out["detections"], dtype=object),
                 "empty": np.array(out["empty"]), "seconds": np.array(out["seconds"]), "restarted": restarted,
-                "error": batch["error"]}
+                "error": batch["error"], "read_here": read_here}
 
 
 def _actor_threads(cfg: JobConfig) -> int:
@@ -310,6 +312,7 @@ class RayExecutor:
                                 compute=ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
                                 runtime_env={"env_vars": hooks} if hooks else None)
             for row in ds.iter_rows():
+                self.stats.batches_read_by_model_process += int(row["read_here"])
                 count = int(row["count"])
                 error = pickle.loads(row["error"]) if row["error"] else None
                 yield BatchResult(int(row["frame"]), int(row["start"]), np.asarray(row["window_id"][:count]),
