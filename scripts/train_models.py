@@ -92,6 +92,8 @@ def main() -> int:
     ap.add_argument("--tasks", default="detect,segment,obb")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--large-scenes", type=int, default=len(LARGE_SEEDS),
+                    help="segment only: scenes with large buildings (seeds from 200; the committed model: 12)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,8 @@ def main() -> int:
     data = write_training_set(work / "data", TRAIN_SEEDS, PATCHES_PER_SCENE, size=PATCH, scene_size=2048,
                               val_seeds=VAL_SEEDS)
     if "segment" in args.tasks.split(","):
-        write_training_set(work / "data", LARGE_SEEDS, LARGE_PATCHES_PER_SCENE, size=PATCH, scene_size=2048,
+        large_seeds = list(range(LARGE_SEEDS[0], LARGE_SEEDS[0] + args.large_scenes))
+        write_training_set(work / "data", large_seeds, LARGE_PATCHES_PER_SCENE, size=PATCH, scene_size=2048,
                            tasks=("segment",), large_objects=True, centred_on_large=LARGE_CENTRED)
     print(f"training patches written in {time.time() - t0:.0f} s", flush=True)
     metrics_path = out / "metrics.json"
