@@ -258,9 +258,10 @@ class RayExecutor:
             backends.exported_model(cfg.model, cfg.backend, cfg.model_imgsz, cfg.batch_size)
         stats.add_time("check_model", time.perf_counter() - t)
         t = time.perf_counter()
+        self.stderr_filter = StderrFilter()  # keeps Ray's one routine error-level line quiet (see _ray_log.py)
         self.embedded = _init_ray(cfg)
-        self.stderr_filter = StderrFilter().start()  # Ray's one routine error-level line (see _ray_log.py)
         try:
+            self.stderr_filter.start()  # after Ray is up: its own processes keep the real stderr
             import ray.data
 
             # our progress bar and summary say enough; Ray Data configures its loggers on import
