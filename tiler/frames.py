@@ -38,6 +38,14 @@ class Frame:
     kept_detections: int = 0  # after cross-frame deduplication
     seconds: float = 0.0
     raw_per_class: dict[str, int] = field(default_factory=dict)
+    _georef: object = field(default=None, repr=False, compare=False)  # built once, by georeferencer()
+
+    def georeferencer(self, cfg: JobConfig):
+        """The frame's pixel -> map mapping (its geotransform, GCPs, or RPCs at `cfg.height` / over `cfg.dem`),
+        or None; built once, for the cross-frame dedup and the output alike."""
+        if self._georef is None and self.source.georeferenced:
+            self._georef = self.source.georeferencer(cfg.height, cfg.dem)
+        return self._georef
 
     @property
     def ok(self) -> bool:
@@ -59,7 +67,8 @@ class Frame:
                 "windows_planned": p.planned if p else 0, "windows_skipped": p.skipped if p else 0,
                 "windows_run": self.windows_run, "windows_resumed": self.windows_resumed,
                 "windows_empty": self.windows_empty, "raw_detections": self.raw_detections,
-                "merged_detections": self.merged_detections, "kept_detections": self.kept_detections, "seconds": round(self.seconds, 3)}
+                "merged_detections": self.merged_detections, "kept_detections": self.kept_detections,
+                "seconds": round(self.seconds, 3)}
 
 
 def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:

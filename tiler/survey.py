@@ -23,7 +23,6 @@ from .detections import Detections
 from .errors import ConfigError, TilerError
 from .frames import Frame, FrameAssembler, plan_frames
 from .io.survey import expand_inputs
-from .raster import RasterSource
 from .result import JobResult, JobStats, SurveyResult, class_counts
 
 
@@ -37,7 +36,7 @@ def make_dedup(cfg: JobConfig, frames: list[Frame], load: Callable[[int], Detect
         return None
     from .merge.frames import FrameDedup, FrameGeo
 
-    dedup = FrameDedup([FrameGeo(f.index, f.source.width, f.source.height, _georeferencer(cfg, f.source))
+    dedup = FrameDedup([FrameGeo(f.index, f.source.width, f.source.height, f.georeferencer(cfg))
                         for f in geo], load, cfg.match_metric, cfg.nms_threshold, cfg.class_agnostic)
     return dedup if (cfg.dedup_frames or dedup.any_overlap) else None
 
@@ -165,8 +164,7 @@ def _account(stats: JobStats, frames: list[Frame]) -> None:
 
 def _single_result(cfg, frame: Frame, assembler: FrameAssembler, names, task, stats) -> JobResult:
     (_, dets), = assembler.final(None)
-    src = frame.source
-    result = _frame_result(cfg, src, dets, names, task, stats)
+    result = _frame_result(cfg, frame, dets, names, task, stats)
     stats.kept_per_class = class_counts(dets, names)
     if cfg.out:
         result.to_file(cfg.out)
@@ -212,13 +210,12 @@ def _survey_result(cfg, frames, assembler, dedup, names, task, stats) -> SurveyR
         for f, dets in assembler.final(dedup):
             for k, v in class_counts(dets, names).items():
                 kept_counts[k] = kept_counts.get(k, 0) + v
-            src = f.source
             frame_cfg = cfg.for_frame(f.uri)
             if results is not None:
-                results.append(_frame_result(frame_cfg, src, dets, names, task, JobStats(runner=stats.runner)))
+                results.append(_frame_result(frame_cfg, f, dets, names, task, JobStats(runner=stats.runner)))
                 continue
             prov = frame_provenance(frame_cfg, model_sha256) if cfg.provenance else None
-            geo = _georeferencer(cfg, src)
+            geo = f.georeferencer(cfg)
             if sink is not None:
                 sink.write(dets, names, geo, prov)
             else:
@@ -237,12 +234,8 @@ def _survey_result(cfg, frames, assembler, dedup, names, task, stats) -> SurveyR
     return SurveyResult(frames, names, task, stats, cfg, results, Path(cfg.out) if cfg.out else None, model_sha256)
 
 
-def _georeferencer(cfg: JobConfig, src: RasterSource):
-    """The frame's pixel -> map mapping: its geotransform, GCPs or RPCs (at `height`, over `dem`), or None."""
-    return src.georeferencer(cfg.height, cfg.dem)
-
-
-def _frame_result(cfg: JobConfig, src: RasterSource, dets, names, task, stats: JobStats) -> JobResult:
-    geo = _georeferencer(cfg, src)
+def _frame_result(cfg: JobConfig, frame: Frame, dets, names, task, stats: JobStats) -> JobResult:
+    geo = frame.georeferencer(cfg)
+    src = frame.source
     return JobResult(dets, names, task, src.transform if src.affine else None, geo.crs if geo else None, stats, cfg,
                      georef=geo)
