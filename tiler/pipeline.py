@@ -128,15 +128,16 @@ def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.
         return [source.read(int(x), int(y), pw, ph, window_id=int(w), out_size=read_size)
                 for (x, y), w in zip(xy, ids)]
     patches: list[np.ndarray] = []
-    for a, b in _strips(xy, pw):
-        if b - a == 1:
-            patches.append(source.read(int(xy[a, 0]), int(xy[a, 1]), pw, ph, window_id=int(ids[a])))
-            continue
+    for a, b in _strips(xy, pw):  # a lone window is a strip of one
         x0, y0 = int(xy[a, 0]), int(xy[a, 1])
         try:
             strip = source.read(x0, y0, int(xy[b - 1, 0]) + pw - x0, ph, window_id=int(ids[a]))
-        except WindowReadError:  # read the strip's windows one by one, so the error names the failing one
-            patches += [source.read(int(x), int(y), pw, ph, window_id=int(w)) for (x, y), w in zip(xy[a:b], ids[a:b])]
+        except WindowReadError:
+            if b - a == 1:
+                raise
+            # read the strip's windows one by one, so the error names the failing one
+            patches += [source.read(int(x), int(y), pw, ph, window_id=int(w))
+                        for (x, y), w in zip(xy[a:b], ids[a:b])]
             continue
         patches += [strip[:, x - x0:x - x0 + pw] for x in xy[a:b, 0].tolist()]
     return patches
