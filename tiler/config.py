@@ -144,9 +144,10 @@ def _parse_source(value: Any) -> str | tuple[str, ...]:
 
 
 # what decides the detections, so what a resumed run must share with the one it continues
-RESULT_FIELDS = ("patch_size", "overlap", "bands", "stretch", "gsd", "height", "dem", "conf", "iou", "imgsz", "classes", "max_det", "batch_size",
-                 "device", "half", "backend", "nms_threshold", "match_metric", "class_agnostic", "sorter",
-                 "sorter_bins", "merge", "simplify", "largest_part", "keep_masks", "dedup_frames")
+RESULT_FIELDS = ("patch_size", "overlap", "bands", "stretch", "gsd", "height", "dem", "conf", "iou", "imgsz",
+                 "classes", "max_det", "batch_size", "device", "half", "backend", "nms_threshold", "match_metric",
+                 "class_agnostic", "sorter", "sorter_bins", "merge", "simplify", "largest_part", "keep_masks",
+                 "dedup_frames")
 
 
 @dataclass(frozen=True)

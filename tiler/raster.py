@@ -117,7 +117,7 @@ class RasterSource:
         return None
 
     def metres_per_pixel(self) -> float:
-        """Ground sample distance (the mean of the two pixel sides), for rasters with a projected CRS."""
+        """Ground sample distance (the geometric mean of the two pixel sides), for rasters with a projected CRS."""
         crs = self.crs
         if not self.affine or crs is None or not crs.is_projected:
             what = "no georeferencing" if not self.georeferenced else (
@@ -192,8 +192,8 @@ class RasterSource:
         f = max(1.0, max(self.width, self.height) / OVERVIEW_SIZE)
         return max(1, int(round(self.height / f))), max(1, int(round(self.width / f)))
 
-    def _decimated_sample(self) -> np.ndarray:
-        """(3, n) the finite, unmasked values of the RGB bands in a decimated read of the whole raster."""
+    def _decimated_sample(self) -> list[np.ndarray]:
+        """Per RGB band, the finite, unmasked values of a decimated read of the whole raster."""
         ds = self.dataset
         h, w = self._overview_shape()
         unique = sorted(set(self.bands))
