@@ -27,7 +27,7 @@ LARGE_VEHICLE_ID = 9  # in the DOTA class names of the shared model (checked bel
 
 HELP_OPTIONS = ["--model", "--out", "--patch-size", "--overlap", "--conf", "--iou", "--imgsz", "--classes",
                 "--nms-threshold", "--match-metric", "--class-agnostic", "--bands", "--batch-size", "--merge",
-                "--simplify", "--largest-part"]
+                "--simplify", "--largest-part", "--coarse-factor"]
 
 
 def run_cli(*args: str | os.PathLike, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -102,11 +102,12 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "garbage model": ([img, "--model", str(garbage_pt)], r"garbage\.pt"),
         "garbage input": ([str(garbage_tif), "--model", model], r"garbage\.tif"),
         "conf 1.5": ([img, "--model", model, "--conf", "1.5"], r"conf.*1\.5"),
+        "coarse-factor 1": ([img, "--model", model, "--coarse-factor", "1"], r"coarse_factor.*2 to 16.*got 1"),
     }
 
 
 BAD_CASES = ["overlap 1", "overlap -0.1", "patch-size 0", "patch-size abc", "unknown match metric",
-             "missing input", "missing model", "garbage model", "garbage input", "conf 1.5"]
+             "missing input", "missing model", "garbage model", "garbage input", "conf 1.5", "coarse-factor 1"]
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, pattern: str) -> None:
@@ -275,8 +276,13 @@ def test_segmentation_and_merge_flags_reach_the_job(tmp_path):
     out = tmp_path / "seg.geojson"
     model = REPO / "models" / "tiler-segment.pt"
     proc = run_cli("predict", png, "--model", model, "--out", out, "--patch-size", "320", "--merge", "union",
-                   "--simplify", "1.0", "--largest-part", "--no-progress")
+                   "--simplify", "1.0", "--largest-part", "--coarse-factor", "2", "--report", tmp_path / "r.json",
+                   "--no-progress")
     assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["config"]["coarse_factor"] == 2
+    # 3 x 3 fine windows of 320 px, one coarse window of 640 px read at 320
+    assert report["frames"][0]["coarse_patch_size"] == [640, 640] and report["stats"]["windows_planned"] == 10
     fc = read_geojson(out)
     assert fc["coordinate_space"] == "pixel" and len(fc["features"]) > 10
     for f in fc["features"]:

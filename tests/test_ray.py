@@ -106,3 +106,15 @@ def test_segmentation_with_union_and_masks_ray_equals_local(cluster, scene, tmp_
     np.testing.assert_array_equal(a.masks.data, b.masks.data)
     # CPU actors: Ray Data fuses the read tasks into them (compare the fake-GPU test, where none are)
     assert remote.stats.batches_read_by_model_process > 0
+
+
+def test_coarse_pass_ray_equals_local(cluster, tmp_path):
+    """The coarse pass's windows (read decimated, ids after the fine grid's) and its merge are the same on Ray."""
+    tif, _ = write_scene(SceneSpec(1280, 1280, seed=508, large_objects=True), tmp_path / "large.tif")
+    local, remote = run_both(tmp_path, tif, REPO / "models" / "tiler-segment.pt", patch_size=320, overlap=0.25,
+                             merge="union", coarse_factor=4)
+    assert features(tmp_path / "ray.geojson") == features(tmp_path / "local.geojson")
+    fine_windows = 5 * 5  # 1280 px at 320 px, 25 %; the coarse pass: one 1280 px window, id 25
+    assert local.stats.windows_planned == remote.stats.windows_planned == fine_windows + 1
+    windows = [f["properties"]["window"] for f in json.loads((tmp_path / "ray.geojson").read_text())["features"]]
+    assert fine_windows in windows  # the large building (508 px across) comes from the coarse window

@@ -78,6 +78,10 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--gsd", type=float, metavar="METRES",
                    help="the ground sample distance the model was trained at: each frame's patch becomes the "
                         "square that covers imgsz x METRES on the ground, resized to imgsz for the model")
+    p.add_argument("--coarse-factor", type=int, metavar="F",
+                   help="also run the model on windows F times the patch, read at 1/F resolution (2-16, e.g. 4), "
+                        "so objects larger than a patch are seen whole: each large object the coarse pass finds "
+                        "takes in the fine pass's pieces of it (see README, objects larger than a patch)")
     p.add_argument("--height", type=float, metavar="METRES",
                    help="RPC rasters: height above the ellipsoid to project at (default 0)")
     p.add_argument("--dem", metavar="RASTER", help="RPC rasters: a DEM whose heights to project at")
@@ -178,10 +182,10 @@ def load_job_spec(path: str | os.PathLike) -> dict:
 
 
 _CLI_TO_CONFIG = ("model", "out", "out_dir", "out_format", "dedup_frames", "fail_fast", "work_dir", "resume",
-                  "keep_work", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det",
-                  "nms_threshold", "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part",
-                  "bands", "stretch", "gsd", "height", "dem", "stac_asset", "batch_size", "backend", "device",
-                  "threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
+                  "keep_work", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det", "nms_threshold",
+                  "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part", "bands", "stretch",
+                  "gsd", "coarse_factor", "height", "dem", "stac_asset", "batch_size", "backend", "device", "threads",
+                  "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
                   "cpus_per_worker")
 
 

@@ -147,7 +147,7 @@ def _parse_source(value: Any) -> str | tuple[str, ...]:
 RESULT_FIELDS = ("patch_size", "overlap", "bands", "stretch", "gsd", "height", "dem", "conf", "iou", "imgsz",
                  "classes", "max_det", "batch_size", "device", "half", "backend", "nms_threshold", "match_metric",
                  "class_agnostic", "sorter", "sorter_bins", "merge", "simplify", "largest_part", "keep_masks",
-                 "dedup_frames")
+                 "dedup_frames", "coarse_factor")
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,7 @@ class JobConfig:
     bands: tuple[int, ...] | None = None  # 1-based RGB; default: by colour interpretation, else 1,2,3 (io/bands.py)
     stretch: str | None = None  # 8-bit mapping (io/bands.py); default: none for uint8, percentile:2,98 otherwise
     gsd: float | None = None  # metres per pixel the model was trained at: each frame's patch covers imgsz x gsd
+    coarse_factor: int | None = None  # also a coarse pass: windows this many times the patch, read decimated
     height: float | None = None  # RPC rasters: constant height above the ellipsoid, metres
     dem: str | None = None  # RPC rasters: a DEM raster giving the heights
     stac_asset: str = "visual"  # the asset of STAC items that is read
@@ -289,6 +290,14 @@ class JobConfig:
                      "checkpoint", "resume", "keep_work"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.coarse_factor is not None:
+            v = self.coarse_factor
+            if isinstance(v, bool) or not isinstance(v, Integral) or not 2 <= v <= 16:
+                raise ConfigError(f"coarse_factor must be an integer from 2 to 16 (or unset), got {v!r}")
+            if self.keep_masks:
+                raise ConfigError("coarse_factor cannot be combined with keep_masks: the coarse pass's masks are not "
+                                  "full-resolution bitmaps")
+            set_("coarse_factor", int(v))
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.runner not in RUNNERS:

@@ -323,8 +323,11 @@ class Detections:
         return np.lexsort((-self.score, self.class_id, b[:, 1], b[:, 0]))
 
 
+SEAM_MARGIN = 2.0  # pixels: a detection this close to an inner window edge may be cut by it
+
+
 def to_global(dets: Detections, origins: np.ndarray, window_ids: np.ndarray, patch_size: tuple[int, int],
-              raster_size: tuple[int, int], seam_margin: float = 2.0) -> Detections:
+              raster_size: tuple[int, int], seam_margin: float = SEAM_MARGIN) -> Detections:
     """Move patch-local detections into global pixels and flag those cut by an inner window edge.
 
     `origins` (n_windows, 2) and `window_ids` (n_windows,) are indexed by `dets.window`, the position of

@@ -213,7 +213,8 @@ def scene_report(pred_path: str | Path, truth_path: str | Path, raster_path: str
     Returns {"scores": {class name or "all": Score}, "median_iou": {class name or "all": median IoU of the
     matched objects (NaN if none)}, "large": {"n": number of truths marked large, "recall": fraction of them
     matched, "median_iou": median IoU of the matched ones, "mean_pieces": mean number of predictions (of the
-    object's class) with more than `min_overlap` of their area inside each, "pieces": those numbers}}.
+    object's class) with more than `min_overlap` of their area inside each, "pieces": those numbers, "ious":
+    each one's IoU (NaN if unmatched)}}.
     Truths are compared as the task's perfect output would be (`truth_geometries`): polygons with holes for
     segment, boxes for detect, rotated boxes for obb."""
     import rasterio
@@ -242,7 +243,7 @@ def scene_report(pred_path: str | Path, truth_path: str | Path, raster_path: str
              "recall": float((~np.isnan(ious[t_large])).mean()) if n_large else float("nan"),
              "median_iou": _median(ious[t_large]),
              "mean_pieces": float(pieces[t_large].mean()) if n_large else float("nan"),
-             "pieces": pieces[t_large].tolist()}
+             "pieces": pieces[t_large].tolist(), "ious": ious[t_large].tolist()}
     return {"scores": scores, "median_iou": medians, "large": large}
 
 

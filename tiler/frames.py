@@ -13,8 +13,8 @@ from .checkpoint import WorkDir
 from .config import JobConfig
 from .detections import Detections
 from .errors import RasterError
-from .pipeline import (BatchResult, BatchSpec, WindowPlan, batch_specs, frame_patch_size, frame_read_size, merge,
-                       open_source, plan)
+from .pipeline import (BatchResult, BatchSpec, CoarsePass, WindowPlan, batch_specs, coarse_pass, frame_patch_size,
+                       frame_read_size, merge, open_source, plan)
 from .raster import RasterSource, gdal_env
 from .result import JobStats, class_counts
 
@@ -29,6 +29,7 @@ class Frame:
     plan: WindowPlan | None = None
     patch_size: tuple[int, int] | None = None  # its windows in its own pixels
     read_size: tuple[int, int] | None = None  # its windows read decimated to this (see pipeline.frame_read_size)
+    coarse: CoarsePass | None = None  # with coarse_factor: the coarse pass's windows
     error: str | None = None
     windows_resumed: int = 0  # taken from checkpoints, not computed again
     windows_run: int = 0
@@ -48,6 +49,32 @@ class Frame:
         return self._georef
 
     @property
+    def windows_planned(self) -> int:
+        return sum(p.planned for p in self._plans())
+
+    @property
+    def windows_skipped(self) -> int:
+        return sum(p.skipped for p in self._plans())
+
+    def _plans(self) -> list[WindowPlan]:
+        return [p for p in (self.plan, self.coarse.plan if self.coarse else None) if p is not None]
+
+    def batch_specs(self, batch_size: int) -> list[BatchSpec]:
+        """The frame's batches: the fine pass's, then the coarse pass's."""
+        specs = batch_specs(self.index, self.plan, batch_size, self.patch_size, self.read_size)
+        c = self.coarse
+        if c is not None:
+            specs += batch_specs(self.index, c.plan, batch_size, c.patch_size, c.read_size, c.first_start)
+        return specs
+
+    def merge(self, cfg: JobConfig, raw: Detections, task: str) -> Detections:
+        """The frame's detections merged across its seams (and its two passes)."""
+        boxes = self.plan.grid.clipped_bounds()
+        if self.coarse is None:
+            return merge(cfg, raw, task, boxes)
+        return merge(cfg, raw, task, np.concatenate([boxes, self.coarse.window_boxes()]), self.coarse.first_id)
+
+    @property
     def ok(self) -> bool:
         return self.error is None
 
@@ -59,12 +86,12 @@ class Frame:
                                               "merged_detections", "seconds", "raw_per_class")}
 
     def report(self) -> dict:
-        p = self.plan
         read = self.source.describe() if self.source is not None else {}
         return {"source": self.uri, "status": "ok" if self.ok else "failed", "error": self.error, **read,
                 "patch_size": list(self.patch_size) if self.patch_size else None,
                 "read_size": list(self.read_size) if self.read_size else None,
-                "windows_planned": p.planned if p else 0, "windows_skipped": p.skipped if p else 0,
+                "coarse_patch_size": list(self.coarse.patch_size) if self.coarse else None,
+                "windows_planned": self.windows_planned, "windows_skipped": self.windows_skipped,
                 "windows_run": self.windows_run, "windows_resumed": self.windows_resumed,
                 "windows_empty": self.windows_empty, "raw_detections": self.raw_detections,
                 "merged_detections": self.merged_detections, "kept_detections": self.kept_detections,
@@ -84,6 +111,7 @@ def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
             frame.read_size = frame_read_size(cfg, frame.patch_size)
             with gdal_env(source, frame.patch_size[1], cfg.gdal_cache_mb):
                 frame.plan = plan(cfg, source, frame.patch_size)
+                frame.coarse = coarse_pass(cfg, source, frame.plan, frame.patch_size, frame.read_size)
             source.close()
             frame.source = source
         except RasterError as exc:
@@ -129,7 +157,7 @@ class FrameAssembler:
                     setattr(f, k, v)
                 f.windows_resumed, f.windows_run = f.windows_resumed + f.windows_run, 0
                 continue
-            specs = batch_specs(f.index, f.plan, self.cfg.batch_size, f.patch_size, f.read_size)
+            specs = f.batch_specs(self.cfg.batch_size)
             have = set(done_batches.get(f.index, ()))
             self.parts[f.index] = []
             for s in specs:
@@ -175,7 +203,7 @@ class FrameAssembler:
         raw = Detections.concat(self.parts.pop(f.index))
         raw = raw.take(np.argsort(raw.window, kind="stable"))  # batches arrive in any order; the merge must not care
         t = time.perf_counter()
-        merged = merge(self.cfg, raw, self.task, f.plan.grid.clipped_bounds())
+        merged = f.merge(self.cfg, raw, self.task)
         dt = time.perf_counter() - t
         self.stats.add_time("merge", dt)
         f.seconds += dt

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import JobConfig
-from .detections import Detections, to_global
+from .detections import SEAM_MARGIN, Detections, to_global
 from .errors import RasterError, WindowReadError
 from .grid import WindowGrid, plan_windows, select_windows_with_data
-from .merge import group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
+from .merge import coarse_groups, group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
 from .model import Predictor
 from .raster import RasterSource
 
@@ -64,12 +64,42 @@ def open_source(cfg: JobConfig) -> RasterSource:
     return RasterSource(cfg.source, bands=cfg.bands, stretch=cfg.stretch)
 
 
+@dataclass(frozen=True)
+class CoarsePass:
+    """A frame's coarse pass (`coarse_factor`): windows F times the patch, read decimated to the size the fine
+    windows reach the model at, so the model sees whole the objects that the fine windows only see in pieces.
+    Its window ids follow the fine grid's (the id minus `first_id` is the id in its own grid), so one
+    detection's `window` says which pass and window it comes from; its batches' starts follow the fine plan's."""
+
+    plan: WindowPlan
+    patch_size: tuple[int, int]
+    read_size: tuple[int, int]
+    first_id: int  # the number of windows in the fine grid
+    first_start: int  # the number of windows the fine pass runs
+
+    def window_boxes(self) -> np.ndarray:
+        return self.plan.grid.clipped_bounds()
+
+
+def coarse_pass(cfg: JobConfig, source: RasterSource, fine: WindowPlan, patch_size: tuple[int, int],
+                read_size: tuple[int, int] | None) -> CoarsePass | None:
+    """The frame's coarse pass, or None without `coarse_factor`."""
+    f = cfg.coarse_factor
+    if f is None:
+        return None
+    size = (patch_size[0] * f, patch_size[1] * f)
+    coarse = plan(cfg, source, size)
+    ids = coarse.window_ids + len(fine.grid)
+    return CoarsePass(WindowPlan(coarse.grid, coarse.origins, ids, coarse.skipped), size, read_size or patch_size,
+                      len(fine.grid), len(fine.window_ids))
+
+
 def batch_specs(frame: int, window_plan: WindowPlan, batch_size: int, patch_size: tuple[int, int],
-                read_size: tuple[int, int] | None = None) -> list[BatchSpec]:
-    """The model batches of one frame, in window order."""
+                read_size: tuple[int, int] | None = None, first_start: int = 0) -> list[BatchSpec]:
+    """The model batches of one frame's pass, in window order; `start` counts from `first_start`."""
     ids, origins = window_plan.window_ids, window_plan.origins
-    return [BatchSpec(frame, s, ids[s:s + batch_size], origins[s:s + batch_size], patch_size, read_size)
-            for s in range(0, len(ids), batch_size)]
+    return [BatchSpec(frame, first_start + s, ids[s:s + batch_size], origins[s:s + batch_size], patch_size,
+                      read_size) for s in range(0, len(ids), batch_size)]
 
 
 def frame_read_size(cfg: JobConfig, patch_size: tuple[int, int]) -> tuple[int, int] | None:
@@ -171,10 +201,14 @@ def infer_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size
     scale = patch_size[0] / patches[0].shape[1]
     if scale != 1:  # patches read decimated: the model saw them smaller than the window
         local = local.scaled(scale)
-    return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], patch_size, raster_size)
+    # an outline cut by the window edge ends within a pixel or two of it in the model's pixels: `scale` times
+    # that in the raster's, or a cut view would pass for a whole one and win the merge
+    return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], patch_size, raster_size,
+                     seam_margin=SEAM_MARGIN * max(scale, 1.0))
 
 
-def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray) -> Detections:
+def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray,
+          coarse_from: int | None = None) -> Detections:
     """Global merge on the real geometries; detections cut by inner window edges rank last.
 
     suppress: greedy NMS keeps the best of overlapping detections. union: first the pieces of one object (the
@@ -182,19 +216,25 @@ def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray)
     windows' shared zone) become one detection whose geometry is their union (a box's envelope, a rotated box's
     minimum rotated rectangle) and whose score is the best; then the same NMS as suppress removes what remains
     doubled. `window_boxes` (n_windows, 4) are the windows' [x0, y0, x1, y1] cut to the raster, indexed by
-    `dets.window`."""
-    return merge_indexed(cfg, dets, task, window_boxes)[0]
+    `dets.window`. With a coarse pass, windows from `coarse_from` on are its windows, and its detections
+    first go through `_coarse` (see merge/coarse.py)."""
+    return merge_indexed(cfg, dets, task, window_boxes, coarse_from)[0]
 
 
-def merge_indexed(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray
-                  ) -> tuple[Detections, np.ndarray]:
+def merge_indexed(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray,
+                  coarse_from: int | None = None) -> tuple[Detections, np.ndarray]:
     """`merge`, and for each merged detection the index in `dets` of the detection it comes from (its best
     fragment when union joined several)."""
     source = np.arange(len(dets), dtype=np.int64)
     if not len(dets):
         return dets, source
+    if coarse_from is not None:
+        dets, source = _coarse(cfg, dets, task, np.asarray(window_boxes), coarse_from)
+        if not len(dets):
+            return dets, source
     if cfg.merge_method(task) == "union":
-        dets, source = _union(cfg, dets, task, np.asarray(window_boxes))
+        dets, joined = _union(cfg, dets, task, np.asarray(window_boxes))
+        source = source[joined]
     keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold, metric=cfg.match_metric,
                class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=dets.on_seam, bins=cfg.sorter_bins)
     merged, source = dets.take(keep), source[keep]
@@ -202,12 +242,48 @@ def merge_indexed(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.
     return merged.take(order), source[order]
 
 
+def _geometry_kind(task: str) -> str:
+    """What a joined object's geometry is: boxes stay boxes, rotated boxes rotated boxes (merge_group_geometries)."""
+    return {"detect": "box", "obb": "rotated"}.get(task, "polygon")
+
+
+def _coarse(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, coarse_from: int
+            ) -> tuple[Detections, np.ndarray]:
+    """The coarse pass's detections of objects larger than a fine window, each joined with the fine detections
+    that are pieces of it; its other detections dropped (merge/coarse.py). Also returns each detection's
+    source in `dets` (a joined one's: its coarse detection)."""
+    fine = boxes[:coarse_from]
+    min_size = min(float((fine[:, 2] - fine[:, 0]).max()), float((fine[:, 3] - fine[:, 1]).max()))
+    geoms = dets.geometries()
+    order, offsets = coarse_groups(geoms, dets.class_id, dets.window >= coarse_from, dets.window, min_size,
+                                   cfg.class_agnostic)
+    if len(order) == len(dets) and len(offsets) == len(dets) + 1:  # nothing dropped, nothing joined
+        return dets, order
+    merged = merge_group_geometries(geoms, order, offsets, kind=_geometry_kind(task), keep_covering=False)
+    lead = group_leaders(order, offsets)  # the coarse detection of a joined group: its window, flags and class
+    return _grouped(dets, order, offsets, merged, lead, dets.on_seam[lead]), lead
+
+
+def _grouped(dets: Detections, order: np.ndarray, offsets: np.ndarray, geoms: np.ndarray, lead: np.ndarray,
+             on_seam: np.ndarray) -> Detections:
+    """One detection per group: the given geometry and flags, the leader's class and window, the best score,
+    the envelope of the members' model boxes, the union of their masks."""
+    masks = None if dets.masks is None else dets.masks.union_groups(order, offsets)
+    scores = merge_group_scores(dets.score, order, offsets)
+    boxes = None
+    if dets.boxes is not None:
+        b, starts = dets.boxes[order], offsets[:-1]
+        boxes = np.column_stack([np.minimum.reduceat(b[:, :2], starts), np.maximum.reduceat(b[:, 2:], starts)])
+    return Detections.from_geometries(geoms, dets.class_id[lead], scores, dets.window[lead], on_seam=on_seam,
+                                      masks=masks, boxes=boxes)
+
+
 def _union(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray) -> tuple[Detections, np.ndarray]:
     """Join the pieces of one object: first those one window saw as several overlapping parts (a model shown
     a patch of a large roof often outputs a few overlapping instances of it), then the fragments that
     different windows saw. The second pass never joins two detections of one window, so objects a window
     saw apart stay apart. Also returns each joined detection's best member (an index into `dets`)."""
-    kind = {"detect": "box", "obb": "rotated"}.get(task, "polygon")
+    kind = _geometry_kind(task)
     n_classes = 1 if cfg.class_agnostic else int(dets.class_id.max()) + 1
     within = dets.window * n_classes + (0 if cfg.class_agnostic else dets.class_id)
     dets, first = _join(cfg, dets, kind, boxes, groups=within, windows=np.arange(len(dets)), still_cut=True)
@@ -236,11 +312,4 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
         on_seam = np.maximum.reduceat(dets.on_seam[order].astype(np.int8), offsets[:-1]).astype(bool)
     else:
         on_seam = dets.on_seam[best] & (sizes == 1)
-    masks = None if dets.masks is None else dets.masks.union_groups(order, offsets)
-    scores = merge_group_scores(dets.score, order, offsets)
-    boxes = None
-    if dets.boxes is not None:  # the model boxes of a joined object: the envelope of its members'
-        b, starts = dets.boxes[order], offsets[:-1]
-        boxes = np.column_stack([np.minimum.reduceat(b[:, :2], starts), np.maximum.reduceat(b[:, 2:], starts)])
-    return Detections.from_geometries(merged_geoms, dets.class_id[best], scores, dets.window[best],
-                                      on_seam=on_seam, masks=masks, boxes=boxes), best
+    return _grouped(dets, order, offsets, merged_geoms, best, on_seam), best

@@ -148,8 +148,8 @@ def _account(stats: JobStats, frames: list[Frame]) -> None:
     """The job's totals from its frames'."""
     ok = [f for f in frames if f.ok]
     stats.frames, stats.frames_failed = len(frames), len(frames) - len(ok)
-    stats.windows_planned = sum(f.plan.planned for f in frames if f.plan)
-    stats.windows_skipped = sum(f.plan.skipped for f in frames if f.plan)
+    stats.windows_planned = sum(f.windows_planned for f in frames)
+    stats.windows_skipped = sum(f.windows_skipped for f in frames)
     stats.windows_empty = sum(f.windows_empty for f in ok)
     stats.windows_run = sum(f.windows_run for f in ok)
     stats.windows_resumed = sum(f.windows_resumed for f in ok)

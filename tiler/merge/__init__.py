@@ -9,6 +9,9 @@ window is seen in pieces. Two methods, picked by name (``MERGE_METHODS``):
   overlap inside the zone both windows cover, at most one detection per window and group) and returns
   one geometry per group: a duplicate's best view, or the union of an object's fragments.
 
+With a coarse pass, `coarse.py` first keeps the coarse pass's detections of objects larger than a window and
+joins to each the fine detections that are pieces of it (`coarse_groups`).
+
 Both work on the real geometries (boxes, rotated boxes, segmentation polygons as shapely objects), never
 on their bounding boxes, and share `overlaps.py`: STRtree candidate pairs, overlap metrics, geometry
 repair, and the numpy bounds that spare most pairs a GEOS intersection. Nothing builds an n x n matrix.
@@ -18,6 +21,7 @@ Pure package: numpy and shapely >= 2 only.
 
 from __future__ import annotations
 
+from .coarse import coarse_groups
 from .overlaps import MATCH_METRICS, pair_overlaps
 from .suppress import SORTERS, nms, sort_order
 from .union import GEOMETRY_KINDS, group_leaders, merge_group_geometries, merge_group_scores, union_groups
@@ -25,7 +29,7 @@ from .union import GEOMETRY_KINDS, group_leaders, merge_group_geometries, merge_
 __all__ = [
     "MERGE_METHODS", "MATCH_METRICS", "SORTERS", "GEOMETRY_KINDS",
     "pair_overlaps", "sort_order", "nms",
-    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders",
+    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders", "coarse_groups",
 ]
 
 MERGE_METHODS: tuple[str, ...] = ("suppress", "union")

@@ -343,6 +343,7 @@ def merge_group_geometries(
     threshold: float = 0.5,
     metric: str = "ios",
     demote: np.ndarray | None = None,
+    keep_covering: bool = True,
 ) -> np.ndarray:
     """One shapely geometry per group (object array).
 
@@ -358,7 +359,9 @@ def merge_group_geometries(
       remains), then for ``kind="box"`` its axis-aligned envelope and for ``kind="rotated"`` its
       minimum rotated rectangle.
 
-    ``threshold``, ``metric`` and ``demote`` should be those given to ``union_groups``.
+    ``threshold``, ``metric`` and ``demote`` should be those given to ``union_groups``. With
+    ``keep_covering=False`` every multi-member group is the union of its members (the coarse pass's groups,
+    `coarse.py`: the member that covers the others is the coarse one, with the coarser outline).
     """
     if kind not in GEOMETRY_KINDS:
         raise ValueError(f"kind must be one of {GEOMETRY_KINDS}, got {kind!r}")
@@ -398,14 +401,16 @@ def merge_group_geometries(
     where[members] = np.arange(len(members))
 
     # Does the lead cover every other member?
-    rest = (pos != lead_pos[grp]) & eligible[grp]
-    li, ri = where[lead[grp[rest]]], np.flatnonzero(rest)
-    above = np.zeros(len(li), dtype=bool)
-    for lo in range(0, len(li), _CHUNK_PAIRS):
-        a, b = li[lo:lo + _CHUNK_PAIRS], ri[lo:lo + _CHUNK_PAIRS]
-        above[lo:lo + _CHUNK_PAIRS] = decide_overlaps(safe[a], safe[b], areas[a], areas[b], sup[a], sup[b],
-                                                     metric, thr)[0]
-    covered = eligible & (np.bincount(grp[rest][~above], minlength=len(multi)) == 0)
+    covered = np.zeros(len(multi), dtype=bool)
+    if keep_covering:
+        rest = (pos != lead_pos[grp]) & eligible[grp]
+        li, ri = where[lead[grp[rest]]], np.flatnonzero(rest)
+        above = np.zeros(len(li), dtype=bool)
+        for lo in range(0, len(li), _CHUNK_PAIRS):
+            a, b = li[lo:lo + _CHUNK_PAIRS], ri[lo:lo + _CHUNK_PAIRS]
+            above[lo:lo + _CHUNK_PAIRS] = decide_overlaps(safe[a], safe[b], areas[a], areas[b], sup[a], sup[b],
+                                                         metric, thr)[0]
+        covered = eligible & (np.bincount(grp[rest][~above], minlength=len(multi)) == 0)
     out[multi[covered]] = safe[where[lead[covered]]]
 
     todo = np.flatnonzero(~covered)
