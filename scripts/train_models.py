@@ -7,8 +7,8 @@ Everything is made here from `tiler.synth`: the patches (fixed seeds), the label
 (YOLOv8 at a reduced width so the weights stay well under 6 MB), and the training run (fixed seed,
 deterministic, CPU). Nothing is downloaded: training starts from random initialisation.
 All three tasks share 400 patches of 40 scenes; segment also gets 96 patches of 12 scenes with large
-buildings. Writes {out}/tiler-{task}.pt and {out}/metrics.json (validation on held-out scenes; the entries
-of tasks not trained are kept).
+buildings (each centred on one). Writes {out}/tiler-{task}.pt and {out}/metrics.json (validation on
+held-out scenes; the entries of tasks not trained are kept).
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ PATCH = 320
 TRAIN_SEEDS = list(range(100, 140))  # 40 scenes
 VAL_SEEDS = [900, 901]
 PATCHES_PER_SCENE = 10
-# segment only: scenes with large buildings (300-900 px, many with courtyards), some patches centred on them,
+# segment only: scenes with large buildings (300-900 px, many with courtyards), patches centred on them,
 # so the model learns to segment the part of a roof a patch shows, even a patch lying entirely on a roof.
 # Segment labels keep every visible part of at least 16 px² (detect and obb keep objects >= 30 % visible).
 LARGE_SEEDS = list(range(200, 212))  # 12 scenes
 LARGE_PATCHES_PER_SCENE = 8
-LARGE_CENTRED = 4  # of those, centred on a random point of a large building
+LARGE_CENTRED = 8  # of those, centred on a random point of a large building: all of them
 # [depth, width, max_channels]: YOLOv8n depth at 3/4 of its width -> ~1.8 M parameters
 SCALE = [0.33, 0.1875, 1024]
 # Segmentation: the mask loss at half the input resolution (Ultralytics upsamples the prototypes to the label
@@ -94,6 +94,9 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--large-scenes", type=int, default=len(LARGE_SEEDS),
                     help="segment only: scenes with large buildings (seeds from 200; the committed model: 12)")
+    ap.add_argument("--large-centred", type=int, default=LARGE_CENTRED,
+                    help=f"segment only: of each large scene's {LARGE_PATCHES_PER_SCENE} patches, how many are centred "
+                         f"on a large building (the committed model: {LARGE_CENTRED})")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +107,7 @@ def main() -> int:
     if "segment" in args.tasks.split(","):
         large_seeds = list(range(LARGE_SEEDS[0], LARGE_SEEDS[0] + args.large_scenes))
         write_training_set(work / "data", large_seeds, LARGE_PATCHES_PER_SCENE, size=PATCH, scene_size=2048,
-                           tasks=("segment",), large_objects=True, centred_on_large=LARGE_CENTRED)
+                           tasks=("segment",), large_objects=True, centred_on_large=args.large_centred)
     print(f"training patches written in {time.time() - t0:.0f} s", flush=True)
     metrics_path = out / "metrics.json"
     all_metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

@@ -101,10 +101,12 @@ def large_reports(large_scene, tmp_path_factory):
     tif, truth = large_scene
     folder = tmp_path_factory.mktemp("merge")
     reports = {}
-    for merge in ("union", "suppress"):
-        out = folder / f"{merge}.geojson"
-        TileJob(tif, MODELS / "tiler-segment.pt", out=out, merge=merge, **JOB).run()
-        reports[merge] = scene_report(out, truth, tif, "segment")
+    for name, merge, coarse in (("union", "union", None), ("suppress", "suppress", None),
+                                ("union+coarse", "union", 4)):
+        out = folder / f"{merge}{coarse or ''}.geojson"
+        result = TileJob(tif, MODELS / "tiler-segment.pt", out=out, merge=merge, coarse_factor=coarse, **JOB).run()
+        reports[name] = scene_report(out, truth, tif, "segment")
+        reports[name]["windows"] = result.stats.windows_planned
     return reports
 
 
@@ -114,10 +116,11 @@ def test_large_objects_come_out_whole_with_union(large_reports):
           f"recall {union['recall']:.2f}; suppress {suppress['mean_pieces']:.2f} pieces/object, "
           f"median IoU {suppress['median_iou']:.3f}, recall {suppress['recall']:.2f} (n={union['n']})")
     assert union["n"] >= 4
-    # Issue 8 asks <= 1.1 pieces per large object and median IoU >= 0.90: not reached yet with the project's
-    # small segment model, which sees a 320 px patch of a large roof as a few overlapping parts and misses some
-    # (measured: 2.9 pieces, IoU 0.77, recall 0.86; suppression 5.6 pieces, recall 0). Guarded at that level.
-    assert union["mean_pieces"] <= 3.5, union
+    # Issue 8 asks <= 1.1 pieces per large object and median IoU >= 0.90: not reached by the fine pass alone
+    # with the project's small segment model, which finds nothing in some windows lying on a large roof, so
+    # the pieces of such a roof do not even touch (measured: 2.00 pieces, IoU 0.87, recall 0.86; suppression
+    # 5.00 pieces, recall 0.29). Guarded at that level; the coarse pass below does better.
+    assert union["mean_pieces"] <= 2.5, union
     assert union["median_iou"] >= 0.70 and union["recall"] >= 0.7, union
     # fails if union is replaced by suppression: suppression leaves the fragments
     assert suppress["mean_pieces"] > 1.5 * union["mean_pieces"], (union, suppress)
@@ -129,3 +132,28 @@ def test_union_keeps_small_objects_as_good_as_suppression(large_reports):
     for name in ("vehicle", "boat"):
         assert union[name].recall >= suppress[name].recall - 0.02, (name, str(union[name]), str(suppress[name]))
         assert union[name].precision >= 0.9, (name, str(union[name]))
+
+
+def test_a_coarse_pass_makes_large_objects_whole_and_exact(large_reports):
+    """With coarse_factor 4 the model also sees 1280 px windows read at 1/4 resolution: each large object it
+    finds there takes in the fine pieces of it, so fewer pieces and better outlines; small objects as before."""
+    fine, coarse = large_reports["union"], large_reports["union+coarse"]
+    f, c = fine["large"], coarse["large"]
+    print(f"large objects with a coarse pass: {c['mean_pieces']:.2f} pieces/object ({c['pieces']}), median IoU "
+          f"{c['median_iou']:.3f}, recall {c['recall']:.2f}; without: {f['mean_pieces']:.2f}, {f['median_iou']:.3f}, "
+          f"{f['recall']:.2f}")
+    # 4096 px at 320 px, 25 %: 17 x 17 fine windows; at 1280 px: 4 x 4 coarse ones
+    assert coarse["windows"] == fine["windows"] + 16
+
+    def whole_and_exact(report):  # large objects output as one piece with IoU >= 0.9
+        return sum(p == 1 and iou >= 0.9 for p, iou in zip(report["pieces"], report["ious"]))
+
+    # measured: six of seven objects in one piece with IoU 0.92-0.98 (the seventh missed by both passes),
+    # 1.71 pieces per object, median IoU 0.963; without: two of seven, 2.00 pieces, 0.867
+    assert whole_and_exact(c) >= 5 and whole_and_exact(c) >= whole_and_exact(f) + 2, (c, f)
+    assert c["mean_pieces"] < f["mean_pieces"], (c, f)
+    assert c["median_iou"] >= 0.90 and c["recall"] >= f["recall"], (c, f)
+    for name in ("vehicle", "boat", "building"):
+        a, b = coarse["scores"][name], fine["scores"][name]
+        assert a.recall >= b.recall - 0.02 and a.precision >= b.precision - 0.02, (name, str(a), str(b))
+        assert coarse["median_iou"][name] >= fine["median_iou"][name] - 0.01, name
