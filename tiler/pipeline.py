@@ -257,11 +257,21 @@ def _coarse(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, coar
     geoms = dets.geometries()
     order, offsets = coarse_groups(geoms, dets.class_id, dets.window >= coarse_from, dets.window, min_size,
                                    cfg.class_agnostic)
-    if len(order) == len(dets) and len(offsets) == len(dets) + 1:  # nothing dropped, nothing joined
-        return dets, order
-    merged = merge_group_geometries(geoms, order, offsets, kind=_geometry_kind(task), keep_covering=False)
     lead = group_leaders(order, offsets)  # the coarse detection of a joined group: its window, flags and class
-    return _grouped(dets, order, offsets, merged, lead, dets.on_seam[lead]), lead
+    sizes = np.diff(offsets)
+    alone = lead[sizes == 1]
+    if len(alone) == len(dets):  # nothing dropped, nothing joined
+        return dets, alone
+    if len(alone) == len(lead):  # coarse detections dropped, none joined
+        return dets.take(alone), alone
+    # only the joined groups are rebuilt (most detections are left as they are)
+    lens = sizes[sizes > 1]
+    pos = np.repeat(offsets[:-1][sizes > 1] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+    sub_order, sub_offsets = order[pos], np.r_[0, np.cumsum(lens)]
+    merged = merge_group_geometries(geoms, sub_order, sub_offsets, kind=_geometry_kind(task), keep_covering=False)
+    joined_lead = group_leaders(sub_order, sub_offsets)
+    joined = _grouped(dets, sub_order, sub_offsets, merged, joined_lead, dets.on_seam[joined_lead])
+    return Detections.concat([dets.take(alone), joined]), np.r_[alone, joined_lead]
 
 
 def _grouped(dets: Detections, order: np.ndarray, offsets: np.ndarray, geoms: np.ndarray, lead: np.ndarray,
