@@ -14,7 +14,8 @@ from .config import JobConfig
 from .detections import SEAM_MARGIN, Detections, to_global
 from .errors import RasterError, WindowReadError
 from .grid import WindowGrid, plan_windows, select_windows_with_data
-from .merge import coarse_groups, group_leaders, merge_group_geometries, merge_group_scores, nms, union_groups
+from .merge import (coarse_groups, group_leaders, member_positions, merge_group_geometries, merge_group_scores, nms,
+                    union_groups)
 from .model import Predictor
 from .raster import RasterSource
 
@@ -265,9 +266,8 @@ def _coarse(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, coar
     if len(alone) == len(lead):  # coarse detections dropped, none joined
         return dets.take(alone), alone
     # only the joined groups are rebuilt (most detections are left as they are)
-    lens = sizes[sizes > 1]
-    pos = np.repeat(offsets[:-1][sizes > 1] - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
-    sub_order, sub_offsets = order[pos], np.r_[0, np.cumsum(lens)]
+    multi = np.flatnonzero(sizes > 1)
+    sub_order, sub_offsets = order[member_positions(offsets, multi)], np.r_[0, np.cumsum(sizes[multi])]
     merged = merge_group_geometries(geoms, sub_order, sub_offsets, kind=_geometry_kind(task), keep_covering=False)
     joined_lead = group_leaders(sub_order, sub_offsets)
     joined = _grouped(dets, sub_order, sub_offsets, merged, joined_lead, dets.on_seam[joined_lead])

@@ -24,12 +24,13 @@ from __future__ import annotations
 from .coarse import coarse_groups
 from .overlaps import MATCH_METRICS, pair_overlaps
 from .suppress import SORTERS, nms, sort_order
-from .union import GEOMETRY_KINDS, group_leaders, merge_group_geometries, merge_group_scores, union_groups
+from .union import (GEOMETRY_KINDS, group_leaders, member_positions, merge_group_geometries, merge_group_scores,
+                    union_groups)
 
 __all__ = [
     "MERGE_METHODS", "MATCH_METRICS", "SORTERS", "GEOMETRY_KINDS",
     "pair_overlaps", "sort_order", "nms",
-    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders", "coarse_groups",
+    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders", "member_positions", "coarse_groups",
 ]
 
 MERGE_METHODS: tuple[str, ...] = ("suppress", "union")

@@ -67,7 +67,7 @@ from .overlaps import (
 from .suppress import sort_order
 
 __all__ = ["GEOMETRY_KINDS", "MIN_ZONE_RATIO", "union_groups", "merge_group_geometries", "merge_group_scores",
-           "group_leaders"]
+           "group_leaders", "member_positions"]
 
 GEOMETRY_KINDS: tuple[str, ...] = ("polygon", "box", "rotated")
 """What a merged group's geometry is: the union itself, its axis-aligned envelope, or its minimum
@@ -317,6 +317,15 @@ def _csr(label: np.ndarray, rank_order: np.ndarray) -> tuple[np.ndarray, np.ndar
 # --------------------------------------------------------------------------- per-group outputs
 
 
+def member_positions(offsets: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Positions in ``order`` of the members of ``groups`` (group indices, ascending), group after group:
+    ``order[member_positions(offsets, groups)]`` with ``np.r_[0, np.cumsum(sizes[groups])]`` is the CSR of
+    those groups alone."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    sizes = np.diff(offsets)[groups]
+    return np.arange(sizes.sum()) + np.repeat(offsets[groups] - np.cumsum(sizes) + sizes, sizes)
+
+
 def group_leaders(order: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Index of each group's best member: the detection whose class (and window, flags, ...) the merged
     object takes."""
@@ -380,7 +389,7 @@ def merge_group_geometries(
     # Member positions (into order) of the multi-member groups, and each one's group.
     m_sizes = sizes[multi]
     grp = np.repeat(np.arange(len(multi)), m_sizes)
-    pos = np.arange(m_sizes.sum()) + np.repeat(offsets[multi] - np.cumsum(m_sizes) + m_sizes, m_sizes)
+    pos = member_positions(offsets, multi)
     members = order[pos]
     lead_pos = offsets[multi]
     eligible = np.ones(len(multi), dtype=bool)  # has a non-demoted member to keep
