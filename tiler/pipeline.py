@@ -7,6 +7,7 @@ same objects inside tasks and actors, which is why both produce identical result
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,7 +18,9 @@ from .grid import WindowGrid, plan_windows, select_windows_with_data
 from .merge import (coarse_groups, group_leaders, member_positions, merge_group_geometries, merge_group_scores, nms,
                     union_groups)
 from .model import Predictor
-from .raster import RasterSource
+
+if TYPE_CHECKING:  # rasterio is imported by the jobs that open rasters, not by merge-only users (tiler.compat)
+    from .raster import RasterSource
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class WindowPlan:
 
 def open_source(cfg: JobConfig) -> RasterSource:
     """The configured raster (one frame), opened with its bands and stretch."""
+    from .raster import RasterSource
+
     return RasterSource(cfg.source, bands=cfg.bands, stretch=cfg.stretch)
 
 
