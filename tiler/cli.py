@@ -79,7 +79,7 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    help="the ground sample distance the model was trained at: each frame's patch becomes the "
                         "square that covers imgsz x METRES on the ground, resized to imgsz for the model")
     p.add_argument("--coarse-factor", type=int, metavar="F",
-                   help="also run the model on windows F times the patch, read at 1/F resolution (2-16, e.g. 4), "
+                   help="also run the model on windows F times the patch, read at 1/F resolution (2-16, e.g. 2), "
                         "so objects larger than a patch are seen whole: each large object the coarse pass finds "
                         "takes in the fine pass's pieces of it (see README, objects larger than a patch)")
     p.add_argument("--height", type=float, metavar="METRES",
