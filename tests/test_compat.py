@@ -361,3 +361,24 @@ def test_deep_import_paths_of_the_reference_work():
     assert sorted(n for n in dir(reference) if not n.startswith("_") and n[0].isalpha()
                   and callable(getattr(reference, n)) and n != "visualize_results_yolo_pose_inference") == \
         sorted(compat.__all__)
+
+
+def test_importing_compat_leaves_the_raster_stack_and_the_job_api_unloaded():
+    """`import tiler.compat` is part of the wall time users compare with the reference: it must not pull in
+    rasterio, pyproj or the job API (0.2 s here), which still load on first use for everyone else."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tiler.compat\n"
+            "heavy = ('rasterio', 'pyproj', 'tiler.job', 'tiler.result', 'torch')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "from tiler import JobStats, TileJob\n"
+            "import tiler\n"
+            "print(TileJob.__module__, JobStats.__module__, 'TileJob' in dir(tiler), 'rasterio' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]", out
+    assert out[1] == "tiler.job tiler.result True True", out
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        import tiler
+
+        tiler.Nope
