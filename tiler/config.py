@@ -65,6 +65,11 @@ def parse_overlap(value: Any) -> tuple[float, float]:
     return float(vals[0]), float(vals[1])
 
 
+def _is_int(v: Any) -> bool:
+    """An integer value, not a bool (an Integral in Python, but never meant as a count or size)."""
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
 def parse_int_list(value: Any, name: str) -> tuple[int, ...] | None:
     if value is None or value == "":
         return None
@@ -73,7 +78,7 @@ def parse_int_list(value: Any, name: str) -> tuple[int, ...] | None:
             value = [int(v) for v in value.split(",") if v.strip()]
         except ValueError:
             raise ConfigError(f"{name} must be a comma-separated list of integers, got {value!r}") from None
-    if isinstance(value, Integral) and not isinstance(value, bool):
+    if _is_int(value):
         value = [value]
     try:
         out = tuple(_whole(v, name) for v in value)
@@ -264,17 +269,16 @@ class JobConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {v!r}")
             set_(name, float(v))
         if self.imgsz is not None:
-            if isinstance(self.imgsz, bool) or not isinstance(self.imgsz, Integral) or self.imgsz < 32:
+            if not _is_int(self.imgsz) or self.imgsz < 32:
                 raise ConfigError(f"imgsz must be an integer >= 32, got {self.imgsz!r}")
             set_("imgsz", int(self.imgsz))
         for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1), ("sorter_bins", 1)):
             v = getattr(self, name)
             if v is None and name in ("batch_size", "gdal_cache_mb"):
                 continue
-            if isinstance(v, bool) or not isinstance(v, Integral) or v < low:
+            if not _is_int(v) or v < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, Integral)
-                                         or self.threads < 1):
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
         if self.match_metric not in MATCH_METRICS:
             raise ConfigError(f"match_metric must be one of {', '.join(MATCH_METRICS)}, got {self.match_metric!r}")
@@ -292,7 +296,7 @@ class JobConfig:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.coarse_factor is not None:
             v = self.coarse_factor
-            if isinstance(v, bool) or not isinstance(v, Integral) or not 2 <= v <= 16:
+            if not _is_int(v) or not 2 <= v <= 16:
                 raise ConfigError(f"coarse_factor must be an integer from 2 to 16 (or unset), got {v!r}")
             if self.keep_masks:
                 raise ConfigError("coarse_factor cannot be combined with keep_masks: the coarse pass's masks are not "
@@ -304,8 +308,7 @@ class JobConfig:
             raise ConfigError(f"runner must be one of {', '.join(RUNNERS)}, got {self.runner!r}")
         if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+|\d+", str(self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, Integral)
-                                         or self.workers < 1):
+        if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):
             raise ConfigError(f"workers must be an integer >= 1, got {self.workers!r}")
         for name, ok in (("gpus_per_worker", lambda v: v >= 0), ("cpus_per_worker", lambda v: v > 0)):
             v = getattr(self, name)
