@@ -312,6 +312,20 @@ def test_merge_geometry_is_the_best_non_demoted_member():
     assert merged[0] is not g[0] and merged[0] is not g[1] and merged[0].equals(whole)
 
 
+def test_a_group_with_a_member_flagged_never_duplicate_is_united():
+    """A part inside the whole covers it by ios (1 > 0.5), so the better scored part would be kept as a
+    duplicate; flagged (the caller knows no window saw the object whole), the group is the union."""
+    part, whole = box(0, 0, 100, 100), box(0, 0, 400, 100)
+    g = np.array([part, whole], dtype=object)
+    order, offsets = np.array([0, 1]), np.array([0, 2])  # the part leads
+    assert merge_group_geometries(g, order, offsets, kind="polygon")[0] is g[0]
+    for flags in ([False, True], [True, False]):
+        (m,) = merge_group_geometries(g, order, offsets, kind="polygon", never_duplicate=np.array(flags))
+        assert m.equals(whole)
+    with pytest.raises(ValueError, match="never_duplicate has length 1"):
+        merge_group_geometries(g, order, offsets, kind="polygon", never_duplicate=np.array([True]))
+
+
 def test_partial_views_that_do_not_cover_each_other_are_united():
     wins = np.array([[0, 0, 320, 320], [240, 0, 560, 320]], dtype=np.float64)
     truck = box(200, 100, 360, 140)  # longer than the 80 px overlap: no window sees it whole

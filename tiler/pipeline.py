@@ -15,8 +15,8 @@ from .config import JobConfig
 from .detections import SEAM_MARGIN, Detections, to_global
 from .errors import RasterError, WindowReadError
 from .grid import WindowGrid, plan_windows, select_windows_with_data
-from .merge import (coarse_groups, group_leaders, member_positions, merge_group_geometries, merge_group_scores, nms,
-                    union_groups)
+from .merge import (coarse_groups, cut_views_seen_whole_elsewhere, group_leaders, larger_than_window, member_positions,
+                    merge_group_geometries, merge_group_scores, nms, union_groups)
 from .model import Predictor
 
 if TYPE_CHECKING:  # rasterio is imported by the jobs that open rasters, not by merge-only users (tiler.compat)
@@ -215,7 +215,8 @@ def infer_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size
 
 def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray,
           coarse_from: int | None = None) -> Detections:
-    """Global merge on the real geometries; detections cut by inner window edges rank last.
+    """Global merge on the real geometries. Objects larger than a window rank first and detections cut by inner
+    window edges last; a cut one that another window saw whole, left alone by the union, is dropped.
 
     suppress: greedy NMS keeps the best of overlapping detections. union: first the pieces of one object (the
     overlapping parts one window saw, then the fragments different windows saw, which overlap inside the
@@ -234,15 +235,28 @@ def merge_indexed(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.
     source = np.arange(len(dets), dtype=np.int64)
     if not len(dets):
         return dets, source
+    window_boxes = np.asarray(window_boxes)
     if coarse_from is not None:
-        dets, source = _coarse(cfg, dets, task, np.asarray(window_boxes), coarse_from)
+        dets, source = _coarse(cfg, dets, task, window_boxes, coarse_from)
         if not len(dets):
             return dets, source
+    fine_boxes = window_boxes[:coarse_from]
     if cfg.merge_method(task) == "union":
-        dets, joined = _union(cfg, dets, task, np.asarray(window_boxes))
+        dets, joined = _union(cfg, dets, task, window_boxes, fine_boxes)
         source = source[joined]
+    # A view cut by its window's edge, still alone here (not joined into a larger object), that another window saw
+    # whole with a margin: that window's own view, if it has one, is the better one, and if it has none it saw
+    # those pixels whole and found nothing (merge/windows.py)
+    drop = cut_views_seen_whole_elsewhere(dets.bounds(), dets.on_seam, dets.window, fine_boxes, SEAM_MARGIN)
+    if drop.any():
+        kept = np.flatnonzero(~drop)
+        dets, source = dets.take(kept), source[kept]
+    # Rank tiers for the NMS: first objects larger than a window (joined from several windows' pieces, or the
+    # coarse pass's), so a detail on one (a roof's plant taken for a small building, often scored higher than
+    # any one piece of the roof) is suppressed by it instead of suppressing it; then whole views; cut ones last.
+    tier = np.where(larger_than_window(dets.bounds(), fine_boxes), 0, 1 + dets.on_seam.astype(np.int64))
     keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold, metric=cfg.match_metric,
-               class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=dets.on_seam, bins=cfg.sorter_bins)
+               class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=tier, bins=cfg.sorter_bins)
     merged, source = dets.take(keep), source[keep]
     order = merged.sort_key()
     return merged.take(order), source[order]
@@ -255,13 +269,11 @@ def _geometry_kind(task: str) -> str:
 
 def _coarse(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, coarse_from: int
             ) -> tuple[Detections, np.ndarray]:
-    """The coarse pass's detections of objects larger than a fine window, each joined with the fine detections
+    """The coarse pass's detections of objects no fine window saw whole, each joined with the fine detections
     that are pieces of it; its other detections dropped (merge/coarse.py). Also returns each detection's
     source in `dets` (a joined one's: its coarse detection)."""
-    fine = boxes[:coarse_from]
-    min_size = min(float((fine[:, 2] - fine[:, 0]).max()), float((fine[:, 3] - fine[:, 1]).max()))
     geoms = dets.geometries()
-    order, offsets = coarse_groups(geoms, dets.class_id, dets.window >= coarse_from, dets.window, min_size,
+    order, offsets = coarse_groups(geoms, dets.class_id, dets.window >= coarse_from, dets.window, boxes[:coarse_from],
                                    cfg.class_agnostic)
     lead = group_leaders(order, offsets)  # the coarse detection of a joined group: its window, flags and class
     sizes = np.diff(offsets)
@@ -293,26 +305,32 @@ def _grouped(dets: Detections, order: np.ndarray, offsets: np.ndarray, geoms: np
                                       masks=masks, boxes=boxes)
 
 
-def _union(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray) -> tuple[Detections, np.ndarray]:
+def _union(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, fine_boxes: np.ndarray
+           ) -> tuple[Detections, np.ndarray]:
     """Join the pieces of one object: first those one window saw as several overlapping parts (a model shown
     a patch of a large roof often outputs a few overlapping instances of it), then the fragments that
     different windows saw. The second pass never joins two detections of one window, so objects a window
-    saw apart stay apart. Also returns each joined detection's best member (an index into `dets`)."""
+    saw apart stay apart. `fine_boxes` are the fine windows' boxes. Also returns each joined detection's best
+    member (an index into `dets`)."""
     kind = _geometry_kind(task)
     n_classes = 1 if cfg.class_agnostic else int(dets.class_id.max()) + 1
     within = dets.window * n_classes + (0 if cfg.class_agnostic else dets.class_id)
-    dets, first = _join(cfg, dets, kind, boxes, groups=within, windows=np.arange(len(dets)), still_cut=True)
+    dets, first = _join(cfg, dets, kind, boxes, fine_boxes, groups=within, windows=np.arange(len(dets)),
+                        within_window=True)
     classes = np.zeros(len(dets), np.int32) if cfg.class_agnostic else dets.class_id
-    dets, second = _join(cfg, dets, kind, boxes, groups=classes, windows=dets.window, still_cut=False)
+    dets, second = _join(cfg, dets, kind, boxes, fine_boxes, groups=classes, windows=dets.window,
+                         within_window=False)
     return dets, first[second]
 
 
-def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups: np.ndarray, windows: np.ndarray,
-          still_cut: bool) -> tuple[Detections, np.ndarray]:
+def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, fine_boxes: np.ndarray, groups: np.ndarray,
+          windows: np.ndarray, within_window: bool) -> tuple[Detections, np.ndarray]:
     """One union pass: detections of the same `groups` label, never two of one `windows` label, linked by
-    their overlap inside their windows' shared zone. A joined detection stays flagged as cut (`on_seam`) if
-    `still_cut` and any part was; else only unjoined ones keep their flag. Returns the joined detections and
-    each one's best member."""
+    their overlap inside their windows' shared zone. A group whose best member covers the others keeps it
+    (duplicates: a union would inflate them), unless some member is larger than a window, or, within one window,
+    cut by its edge: then the members are parts of an object no window saw whole, and only their union holds all
+    of it. A joined detection stays flagged as cut (`on_seam`) if `within_window` and any part was; else only
+    unjoined ones keep their flag. Returns the joined detections and each one's best member."""
     geoms = dets.geometries()
     order, offsets = union_groups(geoms, dets.score, groups, windows, boxes[dets.window].astype(np.float64),
                                   threshold=cfg.nms_threshold, metric=cfg.match_metric, class_agnostic=False,
@@ -321,9 +339,10 @@ def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, groups
     if (sizes == 1).all():
         return dets, np.arange(len(dets), dtype=np.int64)
     best = group_leaders(order, offsets)
+    parts = larger_than_window(dets.bounds(), fine_boxes) | (dets.on_seam if within_window else False)
     merged_geoms = merge_group_geometries(geoms, order, offsets, kind=kind, threshold=cfg.nms_threshold,
-                                          metric=cfg.match_metric, demote=dets.on_seam)
-    if still_cut:
+                                          metric=cfg.match_metric, demote=dets.on_seam, never_duplicate=parts)
+    if within_window:
         on_seam = np.maximum.reduceat(dets.on_seam[order].astype(np.int8), offsets[:-1]).astype(bool)
     else:
         on_seam = dets.on_seam[best] & (sizes == 1)

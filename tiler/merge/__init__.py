@@ -9,8 +9,9 @@ window is seen in pieces. Two methods, picked by name (``MERGE_METHODS``):
   overlap inside the zone both windows cover, at most one detection per window and group) and returns
   one geometry per group: a duplicate's best view, or the union of an object's fragments.
 
-With a coarse pass, `coarse.py` first keeps the coarse pass's detections of objects larger than a window and
-joins to each the fine detections that are pieces of it (`coarse_groups`).
+With a coarse pass, `coarse.py` first keeps the coarse pass's detections of objects no window held whole and
+joins to each the fine detections that are pieces of it (`coarse_groups`). `windows.py` says what the windows
+could see: which objects none held whole, and which cut views another window saw whole.
 
 Both work on the real geometries (boxes, rotated boxes, segmentation polygons as shapely objects), never
 on their bounding boxes, and share `overlaps.py`: STRtree candidate pairs, overlap metrics, geometry
@@ -26,11 +27,13 @@ from .overlaps import MATCH_METRICS, pair_overlaps
 from .suppress import SORTERS, nms, sort_order
 from .union import (GEOMETRY_KINDS, group_leaders, member_positions, merge_group_geometries, merge_group_scores,
                     union_groups)
+from .windows import cut_views_seen_whole_elsewhere, larger_than_window
 
 __all__ = [
     "MERGE_METHODS", "MATCH_METRICS", "SORTERS", "GEOMETRY_KINDS",
     "pair_overlaps", "sort_order", "nms",
-    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders", "member_positions", "coarse_groups",
+    "union_groups", "merge_group_geometries", "merge_group_scores", "group_leaders", "member_positions",
+    "coarse_groups", "larger_than_window", "cut_views_seen_whole_elsewhere",
 ]
 
 MERGE_METHODS: tuple[str, ...] = ("suppress", "union")

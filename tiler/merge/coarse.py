@@ -6,9 +6,10 @@ shows grey texture with no edge, and models often find nothing there, so the fin
 object do not even touch one another and no merge of them alone can make it whole. But the coarse pass's
 outlines are F times coarser, and its small objects are a few pixels across. So, before the merge:
 
-* a coarse detection is kept only if it is larger than a fine window (the longer side of its box above
-  ``min_size``, the fine window's shorter side): every smaller object is seen whole by some fine window, at
-  full resolution;
+* a coarse detection is kept only if no fine window holds its whole box: every other object is seen whole by
+  some fine window, at full resolution. Objects larger than a window are kept, and so are smaller ones that
+  lie across the windows' seams (anything wider than the windows' overlap can): the fine model saw those
+  only in pieces too, and sometimes as two objects, which no merge of its views may join;
 * a fine detection (of the same class unless ``class_agnostic``) with at least ``ABSORB`` of its area
   inside a kept coarse detection is a piece of that object, or a detail on it (a roof's plant seen as a
   small building): it joins the coarse detection's group. The group becomes one object whose outline is
@@ -29,6 +30,7 @@ import numpy as np
 import shapely
 
 from .overlaps import _as_geom_array, _safe_geoms
+from .windows import held_whole
 
 __all__ = ["ABSORB", "SEPARATE", "TOUCH", "coarse_groups"]
 
@@ -41,14 +43,15 @@ SEPARATE = 0.1
 objects (see `_blobs`)."""
 
 
-def coarse_groups(geoms: Any, class_ids: Any, coarse: Any, windows: Any, min_size: float,
+def coarse_groups(geoms: Any, class_ids: Any, coarse: Any, windows: Any, fine_windows: Any,
                   class_agnostic: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Groups of the detections that are kept, in CSR form ``(order, offsets)``: a kept coarse detection first,
     then the fine detections it takes in (by index); every other fine detection alone. Groups are in the
     order of their first member's index. Coarse detections not kept and fine ones taken in lead no group.
 
     ``geoms`` (n,) polygons in the frame's pixels; ``class_ids`` (n,); ``coarse`` (n,) bool, True for the
-    coarse pass's detections; ``windows`` (n,) the window each comes from; ``min_size`` in pixels.
+    coarse pass's detections; ``windows`` (n,) the window each comes from; ``fine_windows`` (m, 4) the fine
+    windows' boxes ``[x0, y0, x1, y1]`` in the same pixels.
     """
     g = _as_geom_array(geoms)
     n = len(g)
@@ -57,8 +60,9 @@ def coarse_groups(geoms: Any, class_ids: Any, coarse: Any, windows: Any, min_siz
     win = np.asarray(windows).ravel()
     if len(coarse) != n or len(cls) != n or len(win) != n:
         raise ValueError(f"class_ids, coarse and windows must have one entry per geometry ({n})")
-    b = shapely.bounds(g)
-    large = coarse & (np.fmax(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) > min_size)
+    large = coarse.copy()
+    cidx = np.flatnonzero(coarse)
+    large[cidx[held_whole(shapely.bounds(g[cidx]), fine_windows)[0]]] = False
     big, fine = np.flatnonzero(large), np.flatnonzero(~coarse)
     owner = np.full(n, -1, dtype=np.int64)  # the kept coarse detection a fine one joins
     if len(big) and len(fine):

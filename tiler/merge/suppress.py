@@ -40,7 +40,8 @@ def sort_order(
 
     ``demote`` (optional bool per detection) puts flagged detections after all
     others, whatever their score: used for detections cut by an inner tile edge,
-    so the neighbouring tile's whole view of the object wins the merge.
+    so the neighbouring tile's whole view of the object wins the merge. It may also
+    be an integer rank tier (lower tiers first, then the order below within a tier).
 
     ``"score"``: descending score, ties by ascending index.
     ``"intelligent"`` (after patched_yolo_infer's intelligent_sorter): descending
@@ -56,7 +57,7 @@ def sort_order(
     idx = np.arange(len(s), dtype=np.int64)
     primary: tuple[np.ndarray, ...] = ()
     if demote is not None:
-        d = np.asarray(demote, dtype=bool).ravel()
+        d = np.asarray(demote).ravel().astype(np.int64)
         if len(d) != len(s):
             raise ValueError(f"demote has length {len(d)}, expected {len(s)} (same as scores)")
         primary = (d,)

@@ -353,6 +353,7 @@ def merge_group_geometries(
     metric: str = "ios",
     demote: np.ndarray | None = None,
     keep_covering: bool = True,
+    never_duplicate: np.ndarray | None = None,
 ) -> np.ndarray:
     """One shapely geometry per group (object array).
 
@@ -370,7 +371,10 @@ def merge_group_geometries(
 
     ``threshold``, ``metric`` and ``demote`` should be those given to ``union_groups``. With
     ``keep_covering=False`` every multi-member group is the union of its members (the coarse pass's groups,
-    `coarse.py`: the member that covers the others is the coarse one, with the coarser outline).
+    `coarse.py`: the member that covers the others is the coarse one, with the coarser outline). A group with
+    any member flagged in ``never_duplicate`` (optional bool per detection) is never a duplicate either: the
+    caller knows its members are partial views of one object, so one of them "covering" the others (ios is
+    ~1 for a part inside the whole) says nothing, and keeping it could drop the rest (`pipeline._join`).
     """
     if kind not in GEOMETRY_KINDS:
         raise ValueError(f"kind must be one of {GEOMETRY_KINDS}, got {kind!r}")
@@ -399,6 +403,9 @@ def merge_group_geometries(
         best_ok = np.minimum.reduceat(np.where(d, none, pos), np.r_[0, np.cumsum(m_sizes)[:-1]])
         eligible = best_ok != none
         lead_pos = np.where(eligible, best_ok, lead_pos)
+    if never_duplicate is not None:
+        flagged = _per_detection(never_duplicate, len(g), "never_duplicate", bool)[members]
+        eligible &= ~np.logical_or.reduceat(flagged, np.r_[0, np.cumsum(m_sizes)[:-1]])
     lead = order[lead_pos]
 
     # Members of the multi-member groups are distinct detections: index them by position in `members`.
