@@ -115,13 +115,12 @@ def test_large_objects_come_out_whole_with_union(large_reports):
           f"recall {union['recall']:.2f}; suppress {suppress['mean_pieces']:.2f} pieces/object, "
           f"median IoU {suppress['median_iou']:.3f}, recall {suppress['recall']:.2f} (n={union['n']})")
     assert union["n"] >= 4
-    # Issue 8 asks <= 1.1 pieces per large object and median IoU >= 0.90: not reached by the fine pass alone
-    # with the project's small segment model, which finds little in some windows lying on a large roof, so
-    # the pieces of such a roof do not always touch (measured: 1.43 pieces, IoU 0.955, recall 1.00; suppression
-    # 4.29 pieces, recall 0.43; the model before 2.00 / 0.87 / 0.86). Guarded at the earlier level; the
-    # coarse pass below does better.
-    assert union["mean_pieces"] <= 2.5, union
-    assert union["median_iou"] >= 0.70 and union["recall"] >= 0.7, union
+    # Issue 8 asks <= 1.1 pieces per large object and median IoU >= 0.90: met with the coarse pass below. The
+    # fine pass alone gives 1.14 pieces here (median IoU 0.960, recall 1.00; 1.29 over four such scenes):
+    # the project's small segment model finds little in some windows lying on a large roof, so the pieces of
+    # such a roof do not always touch. Suppression: 4.14 pieces, recall 0.43.
+    assert union["mean_pieces"] <= 1.5, union
+    assert union["median_iou"] >= 0.90 and union["recall"] >= 0.85, union
     # fails if union is replaced by suppression: suppression leaves the fragments
     assert suppress["mean_pieces"] > 1.5 * union["mean_pieces"], (union, suppress)
 
@@ -148,11 +147,11 @@ def test_a_coarse_pass_makes_large_objects_whole_and_exact(large_reports):
     def whole_and_exact(report):  # large objects output as one piece with IoU >= 0.9
         return sum(p == 1 and iou >= 0.9 for p, iou in zip(report["pieces"], report["ious"]))
 
-    # measured: five of seven objects in one piece with IoU 0.96-0.99, all seven found, 1.29 pieces per object,
-    # median IoU 0.970; without: four of seven, 1.43 pieces, 0.955 (the model before: 6 / 1.71 / 0.962 with
-    # the coarse pass, 2 / 2.00 / 0.867 without)
-    assert whole_and_exact(c) >= 5 and whole_and_exact(c) > whole_and_exact(f), (c, f)
-    assert c["mean_pieces"] < f["mean_pieces"], (c, f)
+    # measured: all seven objects in one piece with IoU 0.91-0.99, 1.00 pieces per object, median IoU 0.969;
+    # without: six of seven, 1.14 pieces, 0.960 (before the merge's window rules: 5 / 1.29 / 0.970 with the
+    # coarse pass, 4 / 1.43 / 0.955 without)
+    assert whole_and_exact(c) >= 6 and whole_and_exact(c) >= whole_and_exact(f), (c, f)
+    assert c["mean_pieces"] <= 1.1 and c["mean_pieces"] < f["mean_pieces"], (c, f)
     assert c["median_iou"] >= 0.90 and c["recall"] >= f["recall"], (c, f)
     for name in ("vehicle", "boat", "building"):
         a, b = coarse["scores"][name], fine["scores"][name]
