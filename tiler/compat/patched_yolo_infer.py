@@ -41,7 +41,7 @@ import warnings
 from collections import Counter
 from dataclasses import replace
 from numbers import Real
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
