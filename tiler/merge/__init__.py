@@ -7,7 +7,7 @@ window is seen in pieces. Two methods, picked by name (``MERGE_METHODS``):
   of overlapping ones. Right for objects smaller than the overlap between windows.
 * ``"union"`` (`union.py`): groups the views of one object that different windows saw (linked by their
   overlap inside the zone both windows cover, at most one detection per window and group) and returns
-  one geometry per group: a duplicate's best view, or the union of an object's fragments.
+  one geometry per group (`groups.py`): a duplicate's best view, or the union of an object's fragments.
 
 With a coarse pass, `coarse.py` first keeps the coarse pass's detections of objects no window held whole and
 joins to each the fine detections that are pieces of it (`coarse_groups`). `windows.py` says what the windows
@@ -25,8 +25,8 @@ from __future__ import annotations
 from .coarse import coarse_groups
 from .overlaps import MATCH_METRICS, pair_overlaps
 from .suppress import SORTERS, nms, sort_order
-from .union import (GEOMETRY_KINDS, group_leaders, member_positions, merge_group_geometries, merge_group_scores,
-                    union_groups)
+from .groups import GEOMETRY_KINDS, group_leaders, member_positions, merge_group_geometries, merge_group_scores
+from .union import union_groups
 from .windows import cut_views_seen_whole_elsewhere, larger_than_window
 
 __all__ = [
