@@ -247,14 +247,15 @@ def merge_indexed(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.
     # A view cut by its window's edge, still alone here (not joined into a larger object), that another window saw
     # whole with a margin: that window's own view, if it has one, is the better one, and if it has none it saw
     # those pixels whole and found nothing (merge/windows.py)
-    drop = cut_views_seen_whole_elsewhere(dets.bounds(), dets.on_seam, dets.window, fine_boxes, SEAM_MARGIN)
+    bounds = dets.bounds()
+    drop = cut_views_seen_whole_elsewhere(bounds, dets.on_seam, dets.window, fine_boxes, SEAM_MARGIN)
     if drop.any():
         kept = np.flatnonzero(~drop)
-        dets, source = dets.take(kept), source[kept]
+        dets, source, bounds = dets.take(kept), source[kept], bounds[kept]
     # Rank tiers for the NMS: first objects larger than a window (joined from several windows' pieces, or the
     # coarse pass's), so a detail on one (a roof's plant taken for a small building, often scored higher than
     # any one piece of the roof) is suppressed by it instead of suppressing it; then whole views; cut ones last.
-    tier = np.where(larger_than_window(dets.bounds(), fine_boxes), 0, 1 + dets.on_seam.astype(np.int64))
+    tier = np.where(larger_than_window(bounds, fine_boxes), 0, 1 + dets.on_seam.astype(np.int64))
     keep = nms(dets.geometries(), dets.score, dets.class_id, threshold=cfg.nms_threshold, metric=cfg.match_metric,
                class_agnostic=cfg.class_agnostic, sorter=cfg.sorter, demote=tier, bins=cfg.sorter_bins)
     merged, source = dets.take(keep), source[keep]
