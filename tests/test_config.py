@@ -80,6 +80,7 @@ def test_parse_overlap_direct():
     ({"imgsz": 16}, "imgsz"), ({"imgsz": 640.5}, "imgsz"), ({"imgsz": True}, "imgsz"),
     ({"max_det": 0}, "max_det"), ({"batch_size": 0}, "batch_size"), ({"batch_size": 2.0}, "batch_size"),
     ({"batch_size": True}, "batch_size"), ({"gdal_cache_mb": 0}, "gdal_cache_mb"), ({"threads": 0}, "threads"),
+    ({"read_threads": 0}, "read_threads"), ({"read_threads": 1.5}, "read_threads"),
     ({"match_metric": "dice"}, "match_metric"), ({"match_metric": "IOS"}, "match_metric"),
     ({"sorter": "random"}, "sorter"), ({"runner": "dask"}, "runner"), ({"device": "tpu"}, "device"),
     ({"classes": "1,x"}, "classes"), ({"classes": [-1]}, "classes"), ({"bands": "0,1,2"}, "bands"),

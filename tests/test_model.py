@@ -111,14 +111,14 @@ for (task, name), (p, patches, ours) in first.items():
     if task == "segment":
         # outlines are tiler's own (exact iso-lines); which objects, their classes and scores are Ultralytics',
         # and so are the bitmaps where the patch is the model input (square: no letterbox)
-        cls = np.concatenate([r.boxes.cls.numpy() for r in theirs]).astype(np.int32)
-        conf = np.concatenate([r.boxes.conf.numpy() for r in theirs])
+        cls = np.concatenate([r.boxes.cls.cpu().numpy() for r in theirs]).astype(np.int32)
+        conf = np.concatenate([r.boxes.conf.cpu().numpy() for r in theirs])
         win = np.concatenate([np.full(len(r.boxes), k) for k, r in enumerate(theirs)])
         agree = total = 0
         if name == "square":
             kk = 0
             for k, r in enumerate(theirs):
-                data = r.masks.data.numpy().astype(bool)
+                data = r.masks.data.cpu().numpy().astype(bool)
                 for j in range(len(data)):
                     crop, (x0, y0) = ours.masks.crop(kk)
                     h, w = crop.shape

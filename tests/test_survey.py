@@ -177,6 +177,25 @@ def test_ray_and_local_surveys_write_identical_outputs(survey, tmp_path):
     assert _features(out) == _features(survey["out"])
 
 
+def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
+    """Reader threads (the default on a GPU), each through its own handle of the frame it reads, several frames in
+    flight at once: the output equals one reader's, and a corrupt frame still fails alone."""
+    outputs = {}
+    for threads in (1, 4):
+        out = outputs[threads] = tmp_path / f"threads{threads}.geojson"
+        result = TileJob([str(p) for p in survey["frames"]], MODEL, out=out, runner="local", read_threads=threads,
+                         **PARAMS).run()
+        assert result.stats.read_threads == threads
+    assert _features(outputs[4]) == _features(outputs[1]) == _features(survey["out"])
+    frames = tmp_path / "frames"
+    shutil.copytree(survey["root"] / "frames", frames)
+    corrupt_block(frames / "frame_004.tif", 2, 2)
+    result = TileJob(sorted(str(p) for p in frames.glob("*.tif")), MODEL, out=tmp_path / "partial.geojson",
+                     runner="local", read_threads=4, **PARAMS).run()
+    assert [Path(s).name for s, _ in result.failed] == ["frame_004.tif"] and "window" in result.failed[0][1]
+    assert result.stats.windows_run == 8 * 16
+
+
 @pytest.mark.parametrize("runner", ["local", "ray"])
 def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(survey, tmp_path, runner):
     out = tmp_path / "killed.geojson"

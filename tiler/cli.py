@@ -95,6 +95,9 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (CUDA if present), cpu, cuda:N (default auto)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
                    "--cpus-per-worker on Ray)")
+    p.add_argument("--read-threads", type=int,
+                   help="in-process runner: threads reading windows ahead of the model (default: 1 when the model "
+                        "runs on the CPU, which needs the cores; half the cores, at most 8, on a GPU)")
     p.add_argument("--gdal-cache-mb", type=int,
                    help="GDAL block cache in MiB (default: two rows of windows, 16-1024 MiB)")
     s = p.add_argument_group("surveys and checkpoints")
@@ -185,7 +188,7 @@ _CLI_TO_CONFIG = ("model", "out", "out_dir", "out_format", "dedup_frames", "fail
                   "keep_work", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det", "nms_threshold",
                   "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part", "bands", "stretch",
                   "gsd", "coarse_factor", "height", "dem", "stac_asset", "batch_size", "backend", "device", "threads",
-                  "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
+                  "read_threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
                   "cpus_per_worker")
 
 

@@ -198,6 +198,7 @@ class JobConfig:
     keep_masks: bool = False  # carry each object's bitmap (crop + offset) in the result
     # I/O
     gdal_cache_mb: int | None = None  # default: sized to the raster (see RasterSource.block_cache_bytes)
+    read_threads: int | None = None  # in-process runner: default 1 with a CPU model, min(8, cores / 2) on a GPU
     progress: bool = True
     crs: str = "auto"  # output CRS: auto (GeoJSON: WGS84; other formats: the raster's own), native, wgs84, EPSG:xxxx
     provenance: bool = True  # source, window, model, model_sha256, tiler_version on every feature
@@ -272,9 +273,10 @@ class JobConfig:
             if not _is_int(self.imgsz) or self.imgsz < 32:
                 raise ConfigError(f"imgsz must be an integer >= 32, got {self.imgsz!r}")
             set_("imgsz", int(self.imgsz))
-        for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1), ("sorter_bins", 1)):
+        for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1), ("read_threads", 1),
+                          ("sorter_bins", 1)):
             v = getattr(self, name)
-            if v is None and name in ("batch_size", "gdal_cache_mb"):
+            if v is None and name in ("batch_size", "gdal_cache_mb", "read_threads"):
                 continue
             if not _is_int(v) or v < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")

@@ -11,6 +11,7 @@ planned them.
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass
@@ -154,6 +155,13 @@ class RasterSource:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+
+    def reopened(self) -> "RasterSource":
+        """The same source with a dataset handle of its own (opened on first read): a GDAL handle must not be
+        read from two threads at once."""
+        other = copy.copy(self)
+        other._ds = None
+        return other
 
     @property
     def dataset(self):

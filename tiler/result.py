@@ -70,6 +70,7 @@ class JobStats:
     # Ray: model batches whose windows were read in the model's own process (Ray Data fuses reads into CPU
     # actors; GPU actors get their patches from separate CPU read tasks, so this stays 0 for them)
     batches_read_by_model_process: int = 0
+    read_threads: int = 0  # in-process runner: threads reading windows ahead of the model
     backend: str = "torch"
     raw_per_class: dict[str, int] = field(default_factory=dict)
     kept_per_class: dict[str, int] = field(default_factory=dict)
