@@ -48,17 +48,18 @@ class LocalExecutor:
         threads = read_threads(cfg.read_threads, self.predictor.device)
         self.stats.read_threads = threads
         local = threading.local()  # each reader's handle of the frame it reads: one frame open per reader
-        handles, lock = [], threading.Lock()
+        handles, lock = set(), threading.Lock()  # the open ones, closed at the end
 
         def read(spec: BatchSpec):
             if failed(spec.frame):
                 return None, 0.0, None
             if getattr(local, "frame", None) != spec.frame:  # surveys have thousands of frames: close the last
-                if getattr(local, "source", None) is not None:
-                    local.source.close()
-                local.frame, local.source = spec.frame, self.sources[spec.frame].reopened()
                 with lock:
-                    handles.append(local.source)
+                    if getattr(local, "source", None) is not None:
+                        local.source.close()
+                        handles.discard(local.source)
+                    local.frame, local.source = spec.frame, self.sources[spec.frame].reopened()
+                    handles.add(local.source)
             t0 = time.perf_counter()
             try:
                 patches = read_patches(local.source, spec.patch_size, spec.origins, spec.window_ids, spec.read_size)
