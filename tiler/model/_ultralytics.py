@@ -143,17 +143,24 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
 
 
 def _device_batch(ul, images: list[np.ndarray]):
-    """The letterboxed uint8 batch (n, h, w, 3) on the model's device. For a GPU it is stacked into a pinned host
-    buffer kept for the next batch and copied asynchronously. Profiled on an H100 machine, per batch of 64 patches
-    of 640 px (78 MB): stacking into a fresh array 28 ms and the pageable copy 13 ms, against 20 and 1.5 ms this
-    way; the forward pass itself takes 19 ms."""
+    """The letterboxed uint8 batch (n, h, w, 3) on the model's device.
+
+    Ultralytics' letterbox (colour-blind, so RGB patches go through it as they are) is skipped where it is the
+    identity, i.e. for patches already of the model's input size (the default: imgsz is the patch size): it
+    copies each patch through OpenCV first, 84 against 21 ms per 64 patches of 640 px on the 2-core development
+    CPU, about 1 ms per patch, more than an H100's forward pass of one.
+
+    For a GPU such a batch is stacked into a pinned host buffer kept for the next batch and copied
+    asynchronously. Profiled on an H100 machine, per batch of 64 patches of 640 px (78 MB): stacking into a
+    fresh array 28 ms and the pageable copy 13 ms, against 20 and 1.5 ms this way; the forward pass itself
+    takes 19 ms."""
     import torch
 
-    if torch.device(ul.device).type != "cuda":
-        return torch.from_numpy(_letterboxed(ul, images))
     shape = _letterbox_identity(ul, images)
-    if shape is None:  # patches the letterbox resizes or pads: no buffer to keep
-        return torch.from_numpy(_letterboxed(ul, images)).to(ul.device)
+    on_gpu = torch.device(ul.device).type == "cuda"
+    if shape is None or not on_gpu:
+        x = torch.from_numpy(np.stack(images) if shape is not None else np.stack(ul.pre_transform(images)))
+        return x.to(ul.device) if on_gpu else x
     buf, copied = getattr(ul, "tiler_pinned", (None, None))
     if buf is None or buf.shape[1:] != shape or buf.shape[0] < len(images):
         buf, copied = torch.empty((len(images), *shape), dtype=torch.uint8).pin_memory(), None
@@ -179,16 +186,6 @@ def _letterbox_identity(ul, images: list[np.ndarray]) -> tuple[int, int, int] | 
     if p["new_unpad"] != (shape[1], shape[0]) or p["top"] or p["bottom"] or p["left"] or p["right"]:
         return None
     return shape
-
-
-def _letterboxed(ul, images: list[np.ndarray]) -> np.ndarray:
-    """The batch as the model takes it: Ultralytics' letterbox (colour-blind, so RGB patches go through it as they
-    are), skipped where it is the identity, i.e. patches already of the model's input size (the default: imgsz is
-    the patch size). Letterboxing copies each patch through OpenCV first: 84 against 21 ms per 64 patches of
-    640 px on the 2-core development CPU, about 1 ms per patch, more than an H100's forward pass of one."""
-    if _letterbox_identity(ul, images) is not None:
-        return np.stack(images)
-    return np.stack(ul.pre_transform(images))
 
 
 class SegmentOutput:
