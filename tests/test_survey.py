@@ -196,6 +196,33 @@ def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
     assert result.stats.windows_run == 8 * 16
 
 
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_job_stopped_by_an_error_leaves_no_reader_thread(survey, tmp_path):
+    """An error mid-job (here from the progress callback) ends the readers with the job, not whenever the
+    garbage collector reaches the abandoned batch generator (until then its threads and GDAL handles lived on,
+    and a collection during interpreter shutdown could close a dataset after GDAL was gone)."""
+    import gc
+    import threading
+
+    def stop(done, total):
+        if done >= total // 2:
+            raise _Stop
+
+    gc.disable()  # nothing but the job's own clean-up may end the readers
+    try:
+        with pytest.raises(_Stop) as caught:
+            TileJob([str(p) for p in survey["frames"]], MODEL, out=tmp_path / "stopped.geojson", runner="local",
+                     read_threads=4, **PARAMS).run(on_progress=stop)
+        readers = [t.name for t in threading.enumerate() if t.name.startswith("tiler-read")]
+        assert caught.value is not None and readers == []
+    finally:
+        gc.enable()
+    assert not (tmp_path / "stopped.geojson").exists()
+
 @pytest.mark.parametrize("runner", ["local", "ray"])
 def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(survey, tmp_path, runner):
     out = tmp_path / "killed.geojson"

@@ -10,6 +10,7 @@ turn `BatchSpec`s into `BatchResult`s, in this process or on Ray; everything her
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -85,13 +86,16 @@ def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None]
             total = sum(len(s.window_ids) for s in todo)
             bar = tqdm(total=total, unit="win", desc="tiler", file=sys.stderr, disable=not cfg.progress, leave=False)
             done = 0
-            for res in executor.run(todo, assembler.failed):
-                assembler.add(res)
-                n = len(res.window_ids)
-                bar.update(n)
-                done += n
-                if on_progress is not None:
-                    on_progress(done, total)
+            # closed here even when the loop stops on an error: the executor's reader threads and handles end
+            # with the job, not whenever the garbage collector reaches the abandoned generator
+            with contextlib.closing(executor.run(todo, assembler.failed)) as results:
+                for res in results:
+                    assembler.add(res)
+                    n = len(res.window_ids)
+                    bar.update(n)
+                    done += n
+                    if on_progress is not None:
+                        on_progress(done, total)
             bar.close()
         if single:
             result = _single_result(cfg, frames[0], assembler, names, task, stats)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -68,12 +69,12 @@ class LocalExecutor:
             return patches, time.perf_counter() - t0, None
 
         patch_h = max(s.patch_size[1] for s in specs)
-        try:
-            with gdal_env(list(self.sources.values()), patch_h, cfg.gdal_cache_mb), \
-                    ThreadPoolExecutor(max_workers=threads) as pool:
-                pending = [pool.submit(read, spec) for spec in specs[:threads]]  # `threads` batches read ahead
+        with gdal_env(list(self.sources.values()), patch_h, cfg.gdal_cache_mb):
+            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiler-read")
+            try:
+                pending = deque(pool.submit(read, spec) for spec in specs[:threads])  # `threads` batches ahead
                 for k, spec in enumerate(specs):
-                    patches, read_s, error = pending.pop(0).result()
+                    patches, read_s, error = pending.popleft().result()
                     if k + threads < len(specs):
                         pending.append(pool.submit(read, specs[k + threads]))
                     self.stats.add_time("read", read_s)
@@ -90,9 +91,10 @@ class LocalExecutor:
                     self.stats.add_time("predict", predict_s)
                     yield BatchResult(spec.frame, spec.start, spec.window_ids, dets,
                                       empty=sum(1 for p in patches if not has_data(p)), seconds=read_s + predict_s)
-        finally:
-            for source in handles:
-                source.close()
+            finally:  # also when the consumer stops early: reads not started are dropped, the readers joined
+                pool.shutdown(wait=True, cancel_futures=True)
+                for source in handles:
+                    source.close()
 
 
 def read_threads(asked: int | None, device: str) -> int:
