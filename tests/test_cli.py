@@ -103,11 +103,14 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[list, str]]:
         "garbage input": ([str(garbage_tif), "--model", model], r"garbage\.tif"),
         "conf 1.5": ([img, "--model", model, "--conf", "1.5"], r"conf.*1\.5"),
         "coarse-factor 1": ([img, "--model", model, "--coarse-factor", "1"], r"coarse_factor.*2 to 16.*got 1"),
+        # a GPU asked for by name that is not there: an error, never a silent run on the CPU
+        "absent GPU": ([img, "--model", model, "--device", "cuda:7"], r"device cuda:7 asked for, but torch sees"),
     }
 
 
 BAD_CASES = ["overlap 1", "overlap -0.1", "patch-size 0", "patch-size abc", "unknown match metric",
-             "missing input", "missing model", "garbage model", "garbage input", "conf 1.5", "coarse-factor 1"]
+             "missing input", "missing model", "garbage model", "garbage input", "conf 1.5", "coarse-factor 1",
+             "absent GPU"]
 
 
 def assert_usage_error(proc: subprocess.CompletedProcess, pattern: str) -> None:

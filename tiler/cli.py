@@ -92,7 +92,8 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    help="inference runtime: auto (default) runs the model file as it is (a .pt on torch, measured "
                         "fastest on CPU here); another name exports the .pt once into a cache "
                         "($TILER_CACHE_DIR, default ~/.cache/tiler) and runs that")
-    p.add_argument("--device", help="auto (CUDA if present), cpu, cuda:N (default auto)")
+    p.add_argument("--device", help="auto (CUDA if present, else the CPU; the default), cpu, cuda:N (an error if "
+                   "absent)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
                    "--cpus-per-worker on Ray)")
     p.add_argument("--read-threads", type=int,

@@ -22,15 +22,21 @@ TASKS = ("detect", "segment", "obb")
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda:0' when CUDA is usable, else 'cpu' (a GPU actor on a GPU-less node still works)."""
+    """'auto' -> 'cuda:0' when CUDA is usable, else 'cpu' (so a Ray GPU actor on a GPU-less node still works).
+    A GPU asked for by name must exist: a job that asked for one never runs on the CPU unnoticed."""
     import torch
 
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") or device.isdigit():
+        name = device if device.startswith("cuda") else f"cuda:{device}"
         if not torch.cuda.is_available():
-            return "cpu"
-        return device if device.startswith("cuda") else f"cuda:{device}"
+            raise ModelError(f"device {device} asked for, but torch sees no CUDA GPU here "
+                             f"(torch {torch.__version__}); use --device auto or cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ModelError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        return name
     return device
 
 

@@ -88,7 +88,7 @@ class PredictActor:
     """Ray Data actor: loads the model once, predicts one model batch of patches into global detections."""
 
     def __init__(self, cfg: JobConfig):
-        # A GPU-less node still gets a working actor: resolve_device falls back to CPU.
+        # A GPU-less node still gets a working actor: device "auto" (the default) falls back to CPU.
         self.cfg = cfg.replace(threads=_actor_threads(cfg))
         self.predictor = make_predictor(self.cfg)
         import ray
