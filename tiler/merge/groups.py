@@ -27,7 +27,8 @@ GEOMETRY_KINDS: tuple[str, ...] = ("polygon", "box", "rotated")
 rotated rectangle (for detect and OBB models, whose outputs must stay boxes)."""
 
 
-def _per_detection(values: Any, n: int, name: str, dtype: Any) -> np.ndarray:
+def per_detection(values: Any, n: int, name: str, dtype: Any) -> np.ndarray:
+    """`values` as a flat array of one entry per detection (shared by the merge modules' argument checks)."""
     arr = np.asarray(values, dtype=dtype).ravel()
     if len(arr) != n:
         raise ValueError(f"{name} has length {len(arr)}, expected {n} (one per geometry)")
@@ -126,13 +127,13 @@ def merge_group_geometries(
     lead_pos = offsets[multi]
     eligible = np.ones(len(multi), dtype=bool)  # has a non-demoted member to keep
     if demote is not None:
-        d = _per_detection(demote, len(g), "demote", bool)[members]
+        d = per_detection(demote, len(g), "demote", bool)[members]
         none = np.iinfo(np.int64).max
         best_ok = np.minimum.reduceat(np.where(d, none, pos), np.r_[0, np.cumsum(m_sizes)[:-1]])
         eligible = best_ok != none
         lead_pos = np.where(eligible, best_ok, lead_pos)
     if never_duplicate is not None:
-        flagged = _per_detection(never_duplicate, len(g), "never_duplicate", bool)[members]
+        flagged = per_detection(never_duplicate, len(g), "never_duplicate", bool)[members]
         eligible &= ~np.logical_or.reduceat(flagged, np.r_[0, np.cumsum(m_sizes)[:-1]])
     lead = order[lead_pos]
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import shapely
 
-from .groups import _per_detection
+from .groups import per_detection
 from .overlaps import (
     _CHUNK_PAIRS,
     _areas,
@@ -102,14 +102,14 @@ def union_groups(
     thr = _check_threshold(threshold)
     g = _as_geom_array(geoms)
     n = len(g)
-    s = _per_detection(scores, n, "scores", np.float64)
-    win = _per_detection(windows, n, "windows", np.int64)
+    s = per_detection(scores, n, "scores", np.float64)
+    win = per_detection(windows, n, "windows", np.int64)
     boxes = np.asarray(window_boxes, dtype=np.float64)
     if boxes.size == 0:
         boxes = boxes.reshape(0, 4)
     if boxes.shape != (n, 4):
         raise ValueError(f"window_boxes has shape {boxes.shape}, expected ({n}, 4)")
-    cls = None if class_ids is None else _per_detection(class_ids, n, "class_ids", None)
+    cls = None if class_ids is None else per_detection(class_ids, n, "class_ids", None)
     if not class_agnostic and cls is None:
         raise ValueError("class_ids is required when class_agnostic=False")
     rank_order = sort_order(s, np.zeros(n), "score", demote)
