@@ -196,7 +196,6 @@ def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
     assert result.stats.windows_run == 8 * 16
 
 
-
 class _Stop(Exception):
     pass
 
@@ -222,6 +221,7 @@ def test_a_job_stopped_by_an_error_leaves_no_reader_thread(survey, tmp_path):
     finally:
         gc.enable()
     assert not (tmp_path / "stopped.geojson").exists()
+
 
 @pytest.mark.parametrize("runner", ["local", "ray"])
 def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(survey, tmp_path, runner):
