@@ -55,9 +55,9 @@ def scene(path: Path, size: int) -> Path:
         tile, profile = src.read(), src.profile
     profile.update(width=size, height=size, tiled=True, blockxsize=512, blockysize=512, compress="deflate",
                    num_threads="all_cpus", BIGTIFF="IF_SAFER")
+    rows = np.tile(tile, (1, 1, -(-size // 4096)))[:, :, :size]  # one band of 4096 rows, the full width
     with rasterio.open(path, "w", **profile) as dst:
         for y in range(0, size, 4096):
-            rows = np.tile(tile, (1, 1, -(-size // 4096)))[:, :, :size]
             dst.write(rows[:, :min(4096, size - y)], window=Window(0, y, size, min(4096, size - y)))
     emit(step="scene", size=size, seconds=round(time.perf_counter() - t, 1))
     return path
@@ -91,23 +91,20 @@ def raw(model: str, imgsz: int, batch: int, half: bool, device: str, iters: int 
 
 
 def patches_of(src_path: Path, patch: int, batch: int, n_batches: int):
+    import numpy as np
 
     from tiler.pipeline import read_patches
     from tiler.raster import RasterSource
-    import numpy as np
 
-    stride = int(patch * 0.75)
-    with RasterSource(str(src_path)) as probe:
-        size = probe.width
-    xs = np.arange(0, size - patch + 1, stride)
-    origins = np.array([(x, y) for y in xs for x in xs])[: batch * n_batches]
-    src = RasterSource(str(src_path))
-    t = time.perf_counter()
-    out = []
-    for b in range(n_batches):
-        o = origins[b * batch:(b + 1) * batch]
-        out.append(read_patches(src, (patch, patch), o, np.arange(len(o))))
-    dt = time.perf_counter() - t
+    with RasterSource(str(src_path)) as src:
+        xs = np.arange(0, src.width - patch + 1, int(patch * 0.75))
+        origins = np.array([(x, y) for y in xs for x in xs])[: batch * n_batches]
+        t = time.perf_counter()
+        out = []
+        for b in range(n_batches):
+            o = origins[b * batch:(b + 1) * batch]
+            out.append(read_patches(src, (patch, patch), o, np.arange(len(o))))
+        dt = time.perf_counter() - t
     emit(step="read", batch=batch, threads=1, images_per_s=round(batch * n_batches / dt, 1))
     return out
 
@@ -149,7 +146,8 @@ def job(model: str, tif: Path, patch: int, batch: int, half: bool, out: Path, ex
            "--batch-size", str(batch), "--config", str(cfg), "--report", str(rep), "--out", str(geo),
            "--no-progress", *extra]
     t = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     wall = time.perf_counter() - t
     if p.returncode:
         emit(step="job", batch=batch, half=half, extra=extra, error=(p.stderr or p.stdout)[-800:])
@@ -190,7 +188,8 @@ def main() -> int:
     steps = args.steps.split(",")
     batches = [int(b) for b in args.batch.split(",")]
     halves = (False, True) if args.device.startswith("cuda") else (False,)
-    tif = scene(Path(f"/tmp/bench_gpu_scene{args.size}.tif"), args.size) if {"read", "model", "job"} & set(steps) else None
+    needs_scene = bool({"read", "model", "job"} & set(steps))
+    tif = scene(Path(f"/tmp/bench_gpu_scene{args.size}.tif"), args.size) if needs_scene else None
     for b in batches:
         for half in halves:
             if "raw" in steps:

@@ -273,15 +273,13 @@ class JobConfig:
             if not _is_int(self.imgsz) or self.imgsz < 32:
                 raise ConfigError(f"imgsz must be an integer >= 32, got {self.imgsz!r}")
             set_("imgsz", int(self.imgsz))
-        for name, low in (("max_det", 1), ("batch_size", 1), ("gdal_cache_mb", 1), ("read_threads", 1),
-                          ("sorter_bins", 1)):
+        sized_by_the_job = ("batch_size", "gdal_cache_mb", "threads", "read_threads")  # None: a default chosen later
+        for name in ("max_det", "sorter_bins", *sized_by_the_job):
             v = getattr(self, name)
-            if v is None and name in ("batch_size", "gdal_cache_mb", "read_threads"):
+            if v is None and name in sized_by_the_job:
                 continue
-            if not _is_int(v) or v < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {v!r}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise ConfigError(f"threads must be an integer >= 1, got {self.threads!r}")
+            if not _is_int(v) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
         if self.match_metric not in MATCH_METRICS:
             raise ConfigError(f"match_metric must be one of {', '.join(MATCH_METRICS)}, got {self.match_metric!r}")
         if self.sorter not in SORTERS:
