@@ -6,6 +6,11 @@ Needs ../shared (yolov8n-obb.pt and DOTA P0706, 531 ships). The four 640 x 640 c
 through `YOLO.predict` one at a time (imgsz 640, conf 0.25, iou 0.7, max_det 3000), with Ultralytics'
 `TorchNMS.fast_nms` swapped between its own dense version and `tiler.model.nms`'s, interleaved, `--reps`
 rounds; the time inside `non_max_suppression` is measured separately. Prints medians per patch.
+
+Then tiler's own `Predictor.predict` on the same four patches as one batch (the job's batch at 640 px),
+its postprocess done two ways, interleaved: as Ultralytics does it (per image: NMS, then a Results object) and
+batched (`_ultralytics.box_outputs`: one NMS over the batch, detections as arrays), next to the forward pass
+alone on the same batch; detections are checked equal.
 """
 
 from __future__ import annotations
@@ -64,11 +69,49 @@ def main() -> None:
             total = time.perf_counter() - t
             runs[name].append((total / len(patches) * 1000, in_nms[0] / len(patches) * 1000, kept))
     TorchNMS.fast_nms = sparse
+    ul_nms.non_max_suppression = original
     print(f"torch threads {threads}; 4 patches of 640 px, medians of {args.reps} interleaved rounds")
     for name, v in runs.items():
         a = np.array(v)
         print(f"{name:6s}: predict {np.median(a[:, 0]):6.1f} ms/patch, NMS {np.median(a[:, 1]):6.1f} ms/patch "
               f"({np.median(a[:, 1]) / np.median(a[:, 0]):.1%} of predict), kept {int(a[0, 2])}")
+    predictor_postprocess([cv2.cvtColor(p, cv2.COLOR_BGR2RGB) for p in patches], max(args.reps, 5))
+
+
+def predictor_postprocess(patches: list[np.ndarray], reps: int) -> None:
+    import torch
+
+    from tiler.model import _ultralytics
+    from tiler.model.predictor import Predictor
+
+    pred = Predictor(str(SHARED / "models" / "yolov8n-obb.pt"), imgsz=640, conf=0.25, iou=0.7)
+    ul = pred._ul
+    batched = _ultralytics.box_outputs
+    x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    x = x.float().div_(255)
+    out: dict[str, list[float]] = {"per image": [], "batched": [], "forward": []}
+    dets = {}
+    try:
+        for _ in range(reps):
+            for name in ("per image", "batched", "forward"):
+                _ultralytics.box_outputs = batched if name == "batched" else (lambda *a, **k: None)
+                t = time.perf_counter()
+                if name == "forward":
+                    with torch.inference_mode():
+                        ul.model(x)
+                else:
+                    dets[name] = pred.predict(patches)
+                out[name].append((time.perf_counter() - t) * 1000 / len(patches))
+    finally:
+        _ultralytics.box_outputs = batched
+    a, b = dets["per image"], dets["batched"]
+    same = len(a) == len(b) and np.array_equal(a.coords, b.coords) and np.array_equal(a.score, b.score)
+    fwd = np.median(out["forward"])
+    print(f"tiler Predictor, one batch of {len(patches)}, medians of {reps} interleaved rounds "
+          f"({len(b)} detections, equal: {same}):")
+    for name, v in out.items():
+        m = np.median(v)
+        print(f"{name:9s}: {m:6.1f} ms/patch" + ("" if name == "forward" else f", {m - fwd:5.1f} over the forward"))
 
 
 if __name__ == "__main__":

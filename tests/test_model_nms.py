@@ -13,7 +13,7 @@ from ultralytics.utils import metrics
 from ultralytics.utils.nms import TorchNMS
 
 from tiler.model import _ultralytics
-from tiler.model.nms import MIN_SPARSE_IOU, sparse_rotated_fast_nms
+from tiler.model.nms import MIN_SPARSE_IOU, batched_rotated_nms, sparse_rotated_fast_nms
 
 REPO = Path(__file__).resolve().parent.parent
 DOTA_MODEL = REPO.parent / "shared" / "models" / "yolov8n-obb.pt"
@@ -59,6 +59,48 @@ def test_patched_fast_nms_defers_to_ultralytics_outside_its_range():
     xyxy = torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:4]], 1)
     assert torch.equal(TorchNMS.fast_nms(xyxy, scores, 0.5), DENSE(xyxy, scores, 0.5))
     assert len(sparse_rotated_fast_nms(torch.zeros((0, 5)), torch.zeros(0), 0.7)) == 0
+
+
+def _raw_obb_batch(rng, images, anchors, nc, tied):
+    """A raw OBB head output (images, 4 + nc + 1, anchors): clustered rotated boxes, class scores, angles."""
+    boxes = torch.stack([_clusters(rng, anchors, 3.0) for _ in range(images)])  # (b, a, 5) xywhr
+    scores = rng.random((images, anchors, nc)).astype(np.float32) ** 3
+    if tied:
+        scores = np.round(scores * 8) / 8  # many tied scores: each image's own order must be kept
+    cols = [boxes[..., :4], torch.from_numpy(scores), boxes[..., 4:]]
+    return torch.cat(cols, -1).transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_batched_nms_keeps_what_ultralytics_keeps_image_by_image(case):
+    """The whole-batch OBB NMS returns Ultralytics' `non_max_suppression(..., rotated=True)` rows, image by image
+    in its order, for several images at once: tied scores, a class filter, class-agnostic, a max_det that cuts,
+    images with no candidates."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    rng = np.random.default_rng(100 + case)
+    nc = 3
+    pred = _raw_obb_batch(rng, 5, 900, nc, tied=case % 2 == 1)
+    pred[2, 4:4 + nc] = 0.0  # an image with no candidates
+    kw = dict(conf_thres=0.25, iou_thres=[0.7, 0.45, 0.7, 0.9, 0.7, 0.3][case], classes=[0, 2] if case == 2 else None,
+              agnostic=case == 3, max_det=40 if case == 4 else 300, nc=nc)
+    want = non_max_suppression(pred, kw["conf_thres"], kw["iou_thres"], kw["classes"], kw["agnostic"],
+                               max_det=kw["max_det"], nc=nc, rotated=True)
+    rows, image = batched_rotated_nms(pred, **kw)
+    assert sum(len(w) for w in want) > 100 and len(want[2]) == 0
+    if case == 4:
+        assert all(len(w) == 40 for k, w in enumerate(want) if k != 2)
+    for k, w in enumerate(want):
+        assert torch.equal(rows[image == k], w), k
+
+
+def test_batched_nms_defers_where_it_does_not_apply():
+    rng = np.random.default_rng(7)
+    pred = _raw_obb_batch(rng, 2, 200, 3, tied=False)
+    assert batched_rotated_nms(pred, 0.25, 0.1, nc=3) is None  # below MIN_SPARSE_IOU
+    assert batched_rotated_nms(pred, 0.01, 0.7, nc=3, max_nms=50) is None  # Ultralytics would cap candidates
+    rows, image = batched_rotated_nms(pred[:, :, :0], 0.25, 0.7, nc=3)
+    assert rows.shape == (0, 7) and len(image) == 0
 
 
 def _compare_predict(model_path, patches, imgsz):

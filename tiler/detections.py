@@ -153,9 +153,9 @@ class Detections:
                    np.zeros(0, np.int64))
 
     @classmethod
-    def from_polygons(cls, polygons: list[np.ndarray] | np.ndarray, class_id, score, window: int = -1
-                      ) -> "Detections":
-        """From a (n, k, 2) array or a list of (k_i, 2) arrays; polygons with < 3 vertices are dropped."""
+    def from_polygons(cls, polygons: list[np.ndarray] | np.ndarray, class_id, score, window=-1) -> "Detections":
+        """From a (n, k, 2) array or a list of (k_i, 2) arrays; polygons with < 3 vertices are dropped. `window`:
+        one for all, or one per polygon."""
         class_id = np.asarray(class_id, dtype=np.int32).ravel()
         score = np.asarray(score, dtype=np.float32).ravel()
         if isinstance(polygons, np.ndarray) and polygons.ndim == 3:
@@ -166,7 +166,8 @@ class Detections:
             counts = np.array([len(p) for p in polygons], dtype=np.int64)
             coords = (np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in polygons])
                       if len(polygons) else np.zeros((0, 2)))
-        dets = cls(class_id, score, coords, _offsets(counts), np.full(len(class_id), window, dtype=np.int64))
+        window = np.broadcast_to(np.asarray(window, dtype=np.int64), (len(class_id),)).copy()
+        dets = cls(class_id, score, coords, _offsets(counts), window)
         ok = counts >= 3
         return dets if ok.all() else dets.take(np.flatnonzero(ok))
 

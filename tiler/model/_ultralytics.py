@@ -6,7 +6,9 @@
 - the predictor's own stages (letterbox, forward, NMS, scaling) called without `predict()`'s per-call source
   handling, and without its warm-up;
 - on a CPU, a torch model runs in channels-last memory format (see `setup_predictor`);
-- for segmentation, the step after NMS is replaced so masks are made per object (see masks.py).
+- for segmentation, the step after NMS is replaced so masks are made per object (see masks.py);
+- for detect and OBB, a batch's results are built as arrays (`BoxOutput`), not one Results object per image;
+  OBB NMS runs for the whole batch at once (`nms.batched_rotated_nms`).
 """
 
 from __future__ import annotations
@@ -136,10 +138,63 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
             finally:
                 del ul.construct_results
         else:
+            boxes = box_outputs(ul, preds, x, images)
+            if boxes is not None:
+                return boxes
             results = ul.postprocess(preds, x, images)
     if len(results) != len(patches):  # an Ultralytics upgrade changed the internals this relies on
         raise ModelError(f"Ultralytics returned {len(results)} results for {len(patches)} patches")
     return results
+
+
+class BoxOutput:
+    """A detect or OBB batch's detections after NMS, scaled to the patches: corners (n, 4, 2) float64, class,
+    score, and the index of each one's image in the batch (images in order, each image's in Ultralytics' order)."""
+
+    def __init__(self, corners: np.ndarray, cls: np.ndarray, conf: np.ndarray, image: np.ndarray):
+        self.corners, self.cls, self.conf, self.image = corners, cls, conf, image
+
+
+def box_outputs(ul, preds, img, images: list[np.ndarray]) -> BoxOutput | None:
+    """What `DetectionPredictor` / `OBBPredictor.postprocess` give for a batch, as one `BoxOutput` instead of a
+    Results object per image (their scaling and corner conversion are elementwise, so one call over the batch
+    gives each row what a per-image call gives: tested equal to `YOLO.predict`). Rotated boxes are suppressed
+    for the whole batch at once (`nms.batched_rotated_nms`); axis-aligned ones by Ultralytics' own NMS.
+    None (the caller uses `ul.postprocess`) for other predictors (RT-DETR, FastSAM, ...), end-to-end models,
+    patches of different sizes, or where the batched NMS does not apply."""
+    import torch
+    from ultralytics.models.yolo.detect import DetectionPredictor
+    from ultralytics.models.yolo.obb import OBBPredictor
+    from ultralytics.utils import nms as ul_nms
+    from ultralytics.utils import ops
+
+    from .nms import batched_rotated_nms
+
+    if type(ul) not in (DetectionPredictor, OBBPredictor) or getattr(ul.model, "end2end", False) \
+            or getattr(ul, "_feats", None) is not None or any(im.shape != images[0].shape for im in images):
+        return None
+    pred = preds[0] if isinstance(preds, (list, tuple)) else preds
+    a = ul.args
+    rotated = type(ul) is OBBPredictor
+    if rotated:
+        found = batched_rotated_nms(pred, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det,
+                                    nc=len(ul.model.names))
+        if found is None:
+            return None
+        rows, image = found
+    else:
+        kept = ul_nms.non_max_suppression(pred, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det, nc=0)
+        rows = torch.cat(kept)
+        image = torch.repeat_interleave(torch.arange(len(kept), device=rows.device),
+                                        torch.tensor([len(k) for k in kept], device=rows.device))
+    if rotated:  # OBBPredictor.construct_result, then Results' OBB.xyxyxyxy
+        xywh = ops.scale_boxes(img.shape[2:], rows[:, :4].clone(), images[0].shape, xywh=True)
+        corners = ops.xywhr2xyxyxyxy(torch.cat([xywh, rows[:, -1:]], dim=-1))
+    else:  # DetectionPredictor.construct_result, then Results' Boxes.xyxy
+        x0, y0, x1, y1 = ops.scale_boxes(img.shape[2:], rows[:, :4].clone(), images[0].shape).unbind(1)
+        corners = torch.stack([torch.stack(c, 1) for c in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], 1)
+    return BoxOutput(corners.cpu().numpy().astype(np.float64), rows[:, 5].cpu().numpy(), rows[:, 4].cpu().numpy(),
+                     image.cpu().numpy())
 
 
 def _device_batch(ul, images: list[np.ndarray]):
@@ -182,10 +237,14 @@ def _letterbox_identity(ul, images: list[np.ndarray]) -> tuple[int, int, int] | 
     shape = images[0].shape
     if len(shape) != 3 or shape[2] != 3 or any(im.shape != shape for im in images):
         return None
-    p = LetterBox(ul.imgsz, auto=False, stride=ul.model.stride).get_params({"img": images[0]})
-    if p["new_unpad"] != (shape[1], shape[0]) or p["top"] or p["bottom"] or p["left"] or p["right"]:
-        return None
-    return shape
+    known = getattr(ul, "tiler_identity_shapes", None)
+    if known is None:
+        known = ul.tiler_identity_shapes = {}
+    if shape not in known:  # decided once per patch shape, not per batch
+        p = LetterBox(ul.imgsz, auto=False, stride=ul.model.stride).get_params({"img": images[0]})
+        known[shape] = p["new_unpad"] == (shape[1], shape[0]) and not (p["top"] or p["bottom"] or p["left"]
+                                                                       or p["right"])
+    return shape if known[shape] else None
 
 
 class SegmentOutput:

@@ -77,3 +77,59 @@ def sparse_rotated_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres
         suppressed[tj[over]] = True
     pick = torch.nonzero(~suppressed).squeeze_(-1)
     return sorted_idx[pick]
+
+
+def batched_rotated_nms(prediction: torch.Tensor, conf_thres: float, iou_thres: float, classes=None,
+                        agnostic: bool = False, max_det: int = 300, nc: int = 0, max_nms: int = 30000,
+                        max_wh: int = 7680) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Ultralytics' `non_max_suppression(..., rotated=True)` for a whole batch at once: the rows it keeps
+    (x, y, w, h, conf, class, angle), image by image in its order, and each row's image index.
+
+    Candidate selection, the class offset and the per-image score order are Ultralytics' own operations on the
+    same values (each image is sorted by its own `argsort`, which is not stable: a batched sort would order tied
+    scores differently); overlaps are computed only for pairs of the same image whose extents intersect, all
+    images' pairs found at once, so there is no per-image NMS call, device sync or Python loop over boxes.
+    None where Ultralytics would cap an image at `max_nms` candidates, or below `MIN_SPARSE_IOU` (callers then
+    use Ultralytics' own)."""
+    if iou_thres < MIN_SPARSE_IOU:
+        return None
+    bs = prediction.shape[0]
+    nc = nc or (prediction.shape[1] - 4)
+    extra = prediction.shape[1] - nc - 4
+    xc = prediction[:, 4:4 + nc].amax(1) > conf_thres
+    img, anchor = xc.nonzero(as_tuple=True)  # by image, then anchor: each image's candidates in Ultralytics' order
+    x = prediction.transpose(-1, -2)[img, anchor]
+    box, cls, rest = x.split((4, nc, extra), 1)
+    conf, j = cls.max(1, keepdim=True)
+    x = torch.cat((box, conf, j.float(), rest), 1)
+    filt = conf.view(-1) > conf_thres
+    if classes is not None:
+        filt &= (x[:, 5:6] == torch.tensor(classes, device=x.device)).any(1)
+    x, img = x[filt], img[filt]
+    counts = torch.bincount(img, minlength=bs).tolist()  # the batch's one device sync before the pairs
+    if max(counts, default=0) > max_nms:
+        return None
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # each image's own descending score order (Ultralytics' fast_nms argsort), as positions in the batch
+    order = torch.cat([torch.argsort(x[s:e, 4], descending=True) + s for s, e in zip(starts[:-1], starts[1:])
+                       if e > s] or [torch.zeros(0, dtype=torch.int64, device=x.device)])
+    x, img = x[order], img[order]
+    c = x[:, 5:6] * (0 if agnostic else max_wh)
+    boxes = torch.cat((x[:, :2] + c, x[:, 2:4], x[:, -1:]), dim=-1)
+    # pairs within an image only: images are stacked far apart along y for the extent search
+    ext = boxes.detach().float().cpu().numpy().astype(np.float64)
+    img_np = np.repeat(np.arange(bs), counts)
+    ext[:, 1] += img_np * (4.0 * (np.abs(ext[:, 1:4]).max(initial=0.0) + 1.0))
+    i, j = extent_pairs(ext)
+    suppressed = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    if len(i):
+        ti, tj = torch.from_numpy(i).to(x.device), torch.from_numpy(j).to(x.device)
+        over = pair_probiou(boxes, ti, tj) > iou_thres  # ti < tj: the higher-scored box of its image
+        suppressed[tj[over]] = True
+    kept = (~suppressed).long()
+    # rank of each kept box within its image; Ultralytics keeps the first max_det
+    seen = torch.cumsum(kept, 0)
+    first = torch.from_numpy(starts[:-1][img_np]).to(x.device)
+    before = torch.where(first > 0, seen[(first - 1).clamp(min=0)], torch.zeros_like(seen))
+    keep = (kept > 0) & (seen - before <= max_det)
+    return x[keep], img[keep]

@@ -153,6 +153,8 @@ class Predictor:
             return Detections.empty()
         segment = self.task == "segment"
         results = _ultralytics.run_stages(self._ul, patches, raw_segments=segment)
+        if isinstance(results, _ultralytics.BoxOutput):
+            return Detections.from_polygons(results.corners, results.cls, results.conf, results.image)
         if segment:
             patch_hw = patches[0].shape[:2]
             return Detections.concat([self._segments(r, k, patch_hw) for k, r in enumerate(results)])
@@ -173,6 +175,7 @@ class Predictor:
                                           boxes=out.boxes[keep])
 
     def _extract(self, result, window: int) -> Detections:
+        """Detections from one Ultralytics Results (the predictors `_ultralytics.box_outputs` does not cover)."""
         if self.task == "obb":
             obb = result.obb
             if obb is None or len(obb) == 0:
