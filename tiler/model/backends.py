@@ -78,7 +78,8 @@ def model_digest(path: str | os.PathLike) -> str:
 
 def cache_dir() -> Path:
     """Where exports are kept: $TILER_CACHE_DIR, else $XDG_CACHE_HOME/tiler, else ~/.cache/tiler."""
-    root = os.environ.get("TILER_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tiler"
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    root = os.environ.get("TILER_CACHE_DIR") or Path(cache_home) / "tiler"
     return Path(root) / "exports"
 
 
