@@ -29,3 +29,9 @@ def polygonal_parts(geoms: np.ndarray) -> np.ndarray:
     out = geoms.copy()
     out[odd] = fixed
     return out
+
+
+def box_corners(xyxy: np.ndarray) -> np.ndarray:
+    """Axis-aligned boxes (n, 4) x0 y0 x1 y1 as (n, 4, 2) float64 corners: (x0, y0), (x1, y0), (x1, y1), (x0, y1)."""
+    x0, y0, x1, y1 = np.asarray(xyxy, dtype=np.float64).reshape(-1, 4).T
+    return np.stack([np.stack(c, 1) for c in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], 1)

@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from ..errors import ModelError
+from ..geometry import box_corners
 
 
 def set_torch_threads(threads: int | None) -> int:
@@ -175,26 +176,23 @@ def box_outputs(ul, preds, img, images: list[np.ndarray]) -> BoxOutput | None:
         return None
     pred = preds[0] if isinstance(preds, (list, tuple)) else preds
     a = ul.args
-    rotated = type(ul) is OBBPredictor
-    if rotated:
+    if type(ul) is OBBPredictor:
         found = batched_rotated_nms(pred, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det,
                                     nc=len(ul.model.names))
         if found is None:
             return None
         rows, image = found
+        # OBBPredictor.construct_result, then Results' OBB.xyxyxyxy
+        xywh = ops.scale_boxes(img.shape[2:], rows[:, :4].clone(), images[0].shape, xywh=True)
+        corners = ops.xywhr2xyxyxyxy(torch.cat([xywh, rows[:, -1:]], dim=-1)).cpu().numpy().astype(np.float64)
     else:
         kept = ul_nms.non_max_suppression(pred, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det, nc=0)
         rows = torch.cat(kept)
         image = torch.repeat_interleave(torch.arange(len(kept), device=rows.device),
                                         torch.tensor([len(k) for k in kept], device=rows.device))
-    if rotated:  # OBBPredictor.construct_result, then Results' OBB.xyxyxyxy
-        xywh = ops.scale_boxes(img.shape[2:], rows[:, :4].clone(), images[0].shape, xywh=True)
-        corners = ops.xywhr2xyxyxyxy(torch.cat([xywh, rows[:, -1:]], dim=-1))
-    else:  # DetectionPredictor.construct_result, then Results' Boxes.xyxy
-        x0, y0, x1, y1 = ops.scale_boxes(img.shape[2:], rows[:, :4].clone(), images[0].shape).unbind(1)
-        corners = torch.stack([torch.stack(c, 1) for c in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))], 1)
-    return BoxOutput(corners.cpu().numpy().astype(np.float64), rows[:, 5].cpu().numpy(), rows[:, 4].cpu().numpy(),
-                     image.cpu().numpy())
+        # DetectionPredictor.construct_result, then Results' Boxes.xyxy
+        corners = box_corners(ops.scale_boxes(img.shape[2:], rows[:, :4].clone(), images[0].shape).cpu().numpy())
+    return BoxOutput(corners, rows[:, 5].cpu().numpy(), rows[:, 4].cpu().numpy(), image.cpu().numpy())
 
 
 def _device_batch(ul, images: list[np.ndarray]):

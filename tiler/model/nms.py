@@ -61,6 +61,16 @@ def extent_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return candidate_pairs(shapely.box(x - ex, y - ey, x + ex, y + ey), predicate=None)  # rectangles: bounds suffice
 
 
+def _suppressed(boxes: torch.Tensor, i: np.ndarray, j: np.ndarray, iou_threshold: float) -> torch.Tensor:
+    """Fast-NMS over boxes sorted by descending score: box j is dropped when some pair (i, j), i < j (so i is the
+    higher-scored), overlaps above the threshold, whether or not i itself is dropped."""
+    suppressed = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    if len(i):
+        ti, tj = torch.from_numpy(i).to(boxes.device), torch.from_numpy(j).to(boxes.device)
+        suppressed[tj[pair_probiou(boxes, ti, tj) > iou_threshold]] = True
+    return suppressed
+
+
 def sparse_rotated_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """`TorchNMS.fast_nms(boxes, scores, iou_threshold, iou_func=batch_probiou)`'s result (indices of kept
     boxes, by descending score), for ``iou_threshold >= MIN_SPARSE_IOU``."""
@@ -68,13 +78,7 @@ def sparse_rotated_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_thres
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     sorted_idx = torch.argsort(scores, descending=True)
     b = boxes[sorted_idx]
-    i, j = extent_pairs(b.detach().float().cpu().numpy())
-    suppressed = torch.zeros(len(b), dtype=torch.bool, device=boxes.device)
-    if len(i):
-        ti = torch.from_numpy(i).to(boxes.device)
-        tj = torch.from_numpy(j).to(boxes.device)
-        over = pair_probiou(b, ti, tj) > iou_threshold  # the higher-scored of each pair is ti (i < j)
-        suppressed[tj[over]] = True
+    suppressed = _suppressed(b, *extent_pairs(b.detach().float().cpu().numpy()), iou_threshold)
     pick = torch.nonzero(~suppressed).squeeze_(-1)
     return sorted_idx[pick]
 
@@ -120,13 +124,7 @@ def batched_rotated_nms(prediction: torch.Tensor, conf_thres: float, iou_thres: 
     ext = boxes.detach().float().cpu().numpy().astype(np.float64)
     img_np = np.repeat(np.arange(bs), counts)
     ext[:, 1] += img_np * (4.0 * (np.abs(ext[:, 1:4]).max(initial=0.0) + 1.0))
-    i, j = extent_pairs(ext)
-    suppressed = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-    if len(i):
-        ti, tj = torch.from_numpy(i).to(x.device), torch.from_numpy(j).to(x.device)
-        over = pair_probiou(boxes, ti, tj) > iou_thres  # ti < tj: the higher-scored box of its image
-        suppressed[tj[over]] = True
-    kept = (~suppressed).long()
+    kept = (~_suppressed(boxes, *extent_pairs(ext), iou_thres)).long()
     # rank of each kept box within its image; Ultralytics keeps the first max_det
     seen = torch.cumsum(kept, 0)
     first = torch.from_numpy(starts[:-1][img_np]).to(x.device)

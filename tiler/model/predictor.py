@@ -15,6 +15,7 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # nor for packages: a missin
 
 from ..detections import Detections, Masks  # noqa: E402
 from ..errors import ModelError  # noqa: E402
+from ..geometry import box_corners  # noqa: E402
 from . import _ultralytics, backends  # noqa: E402
 from .masks import Letterbox, instance_masks, training_dilation  # noqa: E402
 
@@ -185,7 +186,5 @@ class Predictor:
         boxes = result.boxes
         if boxes is None or len(boxes) == 0:
             return Detections.empty()
-        x0, y0, x1, y1 = boxes.xyxy.cpu().numpy().astype(np.float64).T
-        corners = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
-                            np.stack([x0, y1], 1)], axis=1)
-        return Detections.from_polygons(corners, boxes.cls.cpu().numpy(), boxes.conf.cpu().numpy(), window)
+        return Detections.from_polygons(box_corners(boxes.xyxy.cpu().numpy()), boxes.cls.cpu().numpy(),
+                                        boxes.conf.cpu().numpy(), window)
