@@ -201,7 +201,8 @@ def test_segmentation_and_merge_options_rejected(kw, name):
 
 def test_merge_by_task():
     assert cfg().merge == "auto"
-    assert [cfg().merge_method(t) for t in ("detect", "obb", "segment")] == ["suppress", "suppress", "union"]
+    assert [cfg().merge_method(t) for t in ("detect", "obb", "segment")] == ["union", "suppress", "union"]
     assert cfg(merge="suppress").merge_method("segment") == "suppress"
+    assert cfg(merge="suppress").merge_method("detect") == "suppress"
     assert cfg(merge="union").merge_method("obb") == "union"
     assert cfg(simplify=0).simplify == 0.0 and isinstance(cfg(simplify=1).simplify, float)

@@ -64,7 +64,7 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--merge", metavar="auto|suppress|union",
                    help="suppress: keep the best of overlapping detections; union: join the fragments of an object "
                         "larger than a patch that different windows saw into one; auto (default): union for "
-                        "segment models, suppress for detect and obb")
+                        "segment and detect models, suppress for obb")
     p.add_argument("--simplify", type=float, metavar="TOL",
                    help="segmentation outlines: simplification tolerance in pixels (default 0.25; 0 = none)")
     p.add_argument("--largest-part", action="store_true", default=None,

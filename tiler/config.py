@@ -16,7 +16,8 @@ from .model.backends import BACKENDS
 RUNNERS = ("auto", "local", "ray")
 MERGES = ("auto", *MERGE_METHODS)
 # merge method by task when merge="auto" (measured: bench/README.md, "Choosing the merge")
-AUTO_MERGE = {"detect": "suppress", "obb": "suppress", "segment": "union"}
+# detect too since its model is the segment network (it finds large objects, so union joins their pieces)
+AUTO_MERGE = {"detect": "union", "obb": "suppress", "segment": "union"}
 DEFAULT_SIMPLIFY = 0.25  # pixels: segmentation outlines (measured: bench/README.md, "Outline simplification")
 
 
