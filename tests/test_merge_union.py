@@ -24,14 +24,13 @@ from tiler.merge import (
     sort_order,
     union_groups,
 )
+from tiler.merge.dop import intersection_area_bounds, support_numbers
 from tiler.merge.overlaps import (
     decide_overlaps,
     exact_intersection_areas,
-    intersection_area_bounds,
     pair_overlaps,
     pairs_above,
     polygonal_parts,
-    support_numbers,
 )
 from tiler.merge.union import MIN_ZONE_RATIO
 

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import shapely
+
+
+def geometry_array(geoms: Any) -> np.ndarray:
+    """Return a 1-D object array of geometries (shapely needs object dtype)."""
+    if isinstance(geoms, np.ndarray) and geoms.dtype == object and geoms.ndim == 1:
+        return geoms
+    seq = list(geoms)
+    out = np.empty(len(seq), dtype=object)
+    out[:] = seq
+    return out
 
 
 def polygonal_parts(geoms: np.ndarray) -> np.ndarray:

@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import shapely
 
-from .overlaps import _as_geom_array, _safe_geoms
+from ..geometry import geometry_array
+from .overlaps import _safe_geoms
 from .windows import held_whole
 
 __all__ = ["ABSORB", "SEPARATE", "TOUCH", "coarse_groups"]
@@ -53,7 +54,7 @@ def coarse_groups(geoms: Any, class_ids: Any, coarse: Any, windows: Any, fine_wi
     coarse pass's detections; ``windows`` (n,) the window each comes from; ``fine_windows`` (m, 4) the fine
     windows' boxes ``[x0, y0, x1, y1]`` in the same pixels.
     """
-    g = _as_geom_array(geoms)
+    g = geometry_array(geoms)
     n = len(g)
     coarse = np.asarray(coarse, dtype=bool).ravel()
     cls = np.asarray(class_ids).ravel()

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import shapely
 
-from .overlaps import (_CHUNK_PAIRS, _areas, _as_geom_array, _check_metric, _check_threshold, _repair, _safe_geoms,
-                       decide_overlaps, polygonal_parts, support_numbers)
+from ..geometry import geometry_array, polygonal_parts
+from .dop import support_numbers
+from .overlaps import _CHUNK_PAIRS, _areas, _check_metric, _check_threshold, _repair, _safe_geoms, decide_overlaps
 
 __all__ = ["GEOMETRY_KINDS", "merge_group_geometries", "merge_group_scores", "group_leaders", "member_positions"]
 
@@ -109,7 +110,7 @@ def merge_group_geometries(
         raise ValueError(f"kind must be one of {GEOMETRY_KINDS}, got {kind!r}")
     _check_metric(metric)
     thr = _check_threshold(threshold)
-    g = _as_geom_array(geoms)
+    g = geometry_array(geoms)
     order, offsets = _check_groups(order, offsets, len(g))
     sizes = np.diff(offsets)
     out = np.empty(len(sizes), dtype=object)

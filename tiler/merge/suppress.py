@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .overlaps import _areas, _as_geom_array, _check_metric, _check_threshold, _safe_geoms, pairs_above
+from ..geometry import geometry_array
+from .overlaps import _areas, _check_metric, _check_threshold, _safe_geoms, pairs_above
 
 __all__ = ["SORTERS", "sort_order", "nms"]
 
@@ -98,7 +99,7 @@ def nms(
         raise ValueError(f"sorter must be one of {SORTERS}, got {sorter!r}")
     thr = _check_threshold(threshold)
 
-    g = _as_geom_array(geoms)
+    g = geometry_array(geoms)
     n = len(g)
     s = np.asarray(scores, dtype=np.float64).ravel()
     if len(s) != n:

@@ -46,11 +46,12 @@ from typing import Any
 import numpy as np
 import shapely
 
+from ..geometry import geometry_array
+from .dop import support_numbers
 from .groups import per_detection
 from .overlaps import (
     _CHUNK_PAIRS,
     _areas,
-    _as_geom_array,
     _check_metric,
     _check_threshold,
     _repair,
@@ -59,7 +60,6 @@ from .overlaps import (
     decide_overlaps,
     exact_intersection_areas,
     metric_from_intersection,
-    support_numbers,
 )
 from .suppress import sort_order
 
@@ -100,7 +100,7 @@ def union_groups(
     """
     _check_metric(metric)
     thr = _check_threshold(threshold)
-    g = _as_geom_array(geoms)
+    g = geometry_array(geoms)
     n = len(g)
     s = per_detection(scores, n, "scores", np.float64)
     win = per_detection(windows, n, "windows", np.int64)
