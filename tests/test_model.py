@@ -159,3 +159,26 @@ def test_fast_path_equals_ultralytics_predict():
         assert r["n"] >= 5, (case, r)  # enough objects that NMS and scaling are exercised
         assert r["equal"], (case, r)
         assert r.get("mask_agreement", 1.0) > 0.9999, (case, r)
+
+
+def test_detect_model_is_the_segment_network_without_its_mask_branch():
+    """models/README.md: tiler-detect.pt is made from tiler-segment.pt (scripts/train_models.py), not trained on
+    its own: every detect tensor is the segment tensor of the same name, only the mask branches are left out,
+    and on real patches both models find exactly the same boxes, classes and scores."""
+    import torch
+    from ultralytics import YOLO
+
+    def state(name):
+        return torch.load(REPO / "models" / name, map_location="cpu", weights_only=False)["model"].state_dict()
+
+    seg, det = state("tiler-segment.pt"), state("tiler-detect.pt")
+    assert det.keys() < seg.keys()
+    assert all(torch.equal(det[k], seg[k]) for k in det)
+    assert {k.split(".")[2] for k in seg.keys() - det.keys()} == {"cv4", "proto"}
+    spec = SceneSpec(2048, 2048, seed=31337)
+    patches = [spec.render(x, y, 320, 320) for x, y in ((0, 0), (640, 320), (960, 960))]
+    found_d = YOLO(str(REPO / "models" / "tiler-detect.pt")).predict(patches, imgsz=320, verbose=False)
+    found_s = YOLO(str(REPO / "models" / "tiler-segment.pt")).predict(patches, imgsz=320, verbose=False)
+    assert sum(len(r.boxes) for r in found_d) >= 8
+    for d, s in zip(found_d, found_s):
+        assert torch.equal(d.boxes.data, s.boxes.data)
