@@ -174,15 +174,16 @@ def main() -> int:
     all_metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     for task in tasks:
         t1 = time.time()
+        epochs = {"segment": args.epochs, "obb": args.obb_epochs, "detect": 0}[task]
         if task == "detect":
             weights = detect_from_segment(segment, work)
             summary = validate(weights, data[task], work, task)
         else:
-            weights, summary = train(task, data[task], work, args.epochs if task == "segment" else args.obb_epochs,
-                                     args.threads, start_from=segment if task == "obb" else None)
+            weights, summary = train(task, data[task], work, epochs, args.threads,
+                                     start_from=segment if task == "obb" else None)
         shutil.copyfile(weights, out / f"tiler-{task}.pt")
         summary["train_minutes"] = round((time.time() - t1) / 60, 1)
-        summary["epochs"] = {"segment": args.epochs, "obb": args.obb_epochs, "detect": 0}[task]
+        summary["epochs"] = epochs
         if task != "segment":
             summary["start_from"] = "tiler-segment.pt"
         summary["imgsz"] = PATCH
