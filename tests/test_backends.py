@@ -104,6 +104,20 @@ def test_an_export_given_as_the_model_runs_with_the_task_from_its_metadata(cache
         Predictor(renamed, imgsz=320, backend="onnx")
 
 
+@pytest.mark.parametrize("backend", ["openvino", "onnx"])
+def test_a_segment_export_outlines_masks_as_its_pt_does(cache, backend, tmp_path):
+    """The outline inset follows the mask_ratio the model was trained with; an export records it in its own
+    metadata, so even a copy of the export away from the cache outlines masks as the .pt does."""
+    pt = Predictor(MODELS / "tiler-segment.pt", imgsz=320)
+    exported = Predictor(MODELS / "tiler-segment.pt", imgsz=320, backend=backend, batch=16)
+    artifact = Path(exported.model.model)
+    copy = tmp_path / artifact.name
+    (shutil.copytree if artifact.is_dir() else shutil.copyfile)(artifact, copy)
+    from tiler.model import _ultralytics
+    assert _ultralytics.export_metadata(copy)["mask_ratio"] == pt.model.ckpt["train_args"]["mask_ratio"]
+    assert Predictor(copy, imgsz=320).mask_inset == exported.mask_inset == pt.mask_inset > 0
+
+
 def test_bad_backend_requests_are_one_line_errors(tmp_path):
     with pytest.raises(ModelError, match="tensorrt backend needs an NVIDIA GPU"):
         Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="tensorrt", device="cpu")

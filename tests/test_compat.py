@@ -45,13 +45,31 @@ def _box_recall(boxes, classes_ids, truth_classes, truth_polys, min_iou=0.5) -> 
     return float(((iou >= min_iou) & same).any(axis=1).mean())
 
 
-def _same_boxes(ours, ref) -> float:
-    """Share of the reference's objects that tiler.compat has too: a box within 1 px and the same class."""
+def _twins(ours, ref) -> np.ndarray:
+    """For each of the reference's objects: does tiler.compat have it too (a box within 1 px, the same class)?"""
     a, b = np.asarray(ours.filtered_boxes, float), np.asarray(ref.filtered_boxes, float)
     d = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)
     nearest = d.argmin(axis=0)
     same_class = np.asarray(ours.filtered_classes_id)[nearest] == np.asarray(ref.filtered_classes_id)
-    return float(((d.min(axis=0) <= 1) & same_class).mean())
+    return (d.min(axis=0) <= 1) & same_class
+
+
+def _same_boxes(ours, ref) -> float:
+    """Share of the reference's objects that tiler.compat has too."""
+    return float(_twins(ours, ref).mean())
+
+
+def _truth_fit(boxes, classes_ids, truth_classes, truth_polys) -> np.ndarray:
+    """Each box's best box IoU with a true object of its class."""
+    tb = shapely.bounds(truth_polys)
+    pb = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    lo = np.maximum(tb[:, None, :2], pb[None, :, :2])
+    hi = np.minimum(tb[:, None, 2:], pb[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+    iou = inter / (area(tb)[:, None] + area(pb)[None, :] - inter)
+    iou[truth_classes[:, None] != np.asarray(classes_ids)[None, :]] = 0
+    return iou.max(axis=0)
 
 
 # ----------------------------------------------------------------------------------- the seed's own example
@@ -141,7 +159,20 @@ def test_same_boxes_as_patched_yolo_infer_where_it_does_not_resize(scene, model,
     ours, ref = out["tiler"], out["reference"]
     assert len(ref.filtered_boxes) > 200
     assert abs(len(ours.filtered_boxes) - len(ref.filtered_boxes)) <= 0.02 * len(ref.filtered_boxes)
-    assert _same_boxes(ours, ref) >= 0.98
+    # the same objects, but for tiler's one deliberate difference: a view cut by an inner crop edge ranks after
+    # whole views. Measured with the committed models: 283 of 285 boxes the same, and tiler's 2 others fit the
+    # truth better (mean best box IoU 0.91 detect, 0.81 segment, against the reference's 0.48); with models
+    # trained at mask_ratio 1 (models/README.md): 275 and 274 of 283, tiler's 0.81 and 0.75 against 0.58, 0.48
+    twins = _twins(ours, ref)
+    assert twins.mean() >= 0.95
+    mine = ~_twins(ref, ours)
+    if (~twins).any() or mine.any():
+        truth = scene[1], scene[2]
+        fit_ref = _truth_fit(np.asarray(ref.filtered_boxes)[~twins], np.asarray(ref.filtered_classes_id)[~twins],
+                             *truth)
+        fit_ours = _truth_fit(np.asarray(ours.filtered_boxes)[mine], np.asarray(ours.filtered_classes_id)[mine],
+                              *truth)
+        assert len(fit_ours) and fit_ours.mean() >= (fit_ref.mean() if len(fit_ref) else 0), (fit_ours, fit_ref)
 
 
 def test_non_square_crops_match_the_reference(scene):

@@ -152,6 +152,7 @@ def test_mask_logits_match_torch_interpolate_off_grid():
 def test_training_dilation_follows_the_mask_ratio_the_model_was_trained_with():
     from tiler.model.masks import training_dilation
 
-    assert training_dilation(1) == 0.5  # fillPoly on truncated vertices only
+    # measured best on the validation scenes for the project's models (models/README.md)
+    assert training_dilation(1) == 0.75  # fillPoly on truncated vertices only
     assert training_dilation(2) == training_dilation(4) == 1.0  # plus cv2.resize rounding half-covered pixels up
     assert training_dilation(None) == 1.0  # Ultralytics' default mask_ratio is 4

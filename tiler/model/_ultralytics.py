@@ -6,7 +6,8 @@
 - the predictor's own stages (letterbox, forward, NMS, scaling) called without `predict()`'s per-call source
   handling, and without its warm-up;
 - on a CPU, a torch model runs in channels-last memory format (see `setup_predictor`);
-- for segmentation, the step after NMS is replaced so masks are made per object (see masks.py);
+- for segmentation, the step after NMS is replaced so masks are made per object (see masks.py), and tiler's
+  exports record the model's training mask_ratio in their own metadata (the outline inset depends on it);
 - for detect and OBB, a batch's results are built as arrays (`BoxOutput`), not one Results object per image;
   OBB NMS runs for the whole batch at once (`nms.batched_rotated_nms`).
 """
@@ -268,6 +269,26 @@ def _segment_outputs(preds, img, orig_imgs, protos) -> list[SegmentOutput]:
     return out
 
 
+def mask_ratio(model) -> int | None:
+    """The mask_ratio a segment model was trained with: from a .pt's training arguments, or from an export's
+    metadata where tiler's own exports record it (`record_mask_ratio_on_export`); None when not known."""
+    if isinstance(model.model, (str, os.PathLike)):
+        value = export_metadata(model.model).get("mask_ratio")
+    else:
+        ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
+        value = ckpt.get("train_args", {}).get("mask_ratio")
+    return int(value) if isinstance(value, (int, float, str)) and str(value).isdigit() else None
+
+
+def record_mask_ratio_on_export(model) -> None:
+    """Make the next export of this YOLO .pt model carry its training mask_ratio in the export's own metadata
+    (every format writes Exporter.metadata: ONNX properties, OpenVINO metadata.yaml, TorchScript, TensorRT),
+    so an export outlines masks as its .pt does, even copied away from tiler's cache."""
+    value = mask_ratio(model) if model.task == "segment" else None
+    if value is not None:
+        model.add_callback("on_export_start", lambda exporter: exporter.metadata.update(mask_ratio=value))
+
+
 def export_metadata(path) -> dict:
     """The metadata (task, names, imgsz, batch, ...) an Ultralytics export carries, read without loading it."""
     from ultralytics.nn.backends.base import BaseBackend
@@ -278,7 +299,8 @@ def export_metadata(path) -> dict:
     if not isinstance(meta, dict):
         return {}
     for k, v in meta.items():  # ONNX metadata holds every value as a string
-        if isinstance(v, str) and k in ("imgsz", "names", "args", "stride", "batch", "dynamic", "end2end"):
+        if isinstance(v, str) and k in ("imgsz", "names", "args", "stride", "batch", "dynamic", "end2end",
+                                        "mask_ratio"):
             try:
                 meta[k] = ast.literal_eval(v)
             except (ValueError, SyntaxError):

@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import ModelError
+from . import _ultralytics
 
 BACKENDS = ("torch", "openvino", "onnx", "tensorrt", "torchscript")
 # Ultralytics' export format name for each backend
@@ -124,8 +125,10 @@ def _export(pt: Path, backend: str, imgsz: int, batch: int, half: bool, device: 
                 # torch's deprecations of the tracing exporters Ultralytics uses; nothing a tiler user can act on
                 warnings.simplefilter("ignore", FutureWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
-                out = YOLO(str(src)).export(format=_EXPORT_FORMAT[backend], imgsz=imgsz, batch=batch, half=half,
-                                            dynamic=False, device=device, verbose=False)
+                model = YOLO(str(src))
+                _ultralytics.record_mask_ratio_on_export(model)  # the outline inset depends on it (masks.py)
+                out = model.export(format=_EXPORT_FORMAT[backend], imgsz=imgsz, batch=batch, half=half,
+                                   dynamic=False, device=device, verbose=False)
         except Exception as exc:  # Ultralytics raises many types; the first line names the problem
             msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelError(f"cannot export {pt.name} to {backend}: {msg}") from None

@@ -29,12 +29,14 @@ def training_dilation(mask_ratio: int | None) -> float:
     """How much too wide (in model-input pixels, all round) an Ultralytics-trained model's masks are.
 
     Ultralytics rasterises each training polygon with cv2.fillPoly on vertices truncated to whole pixels,
-    boundary included (ultralytics.data.utils.polygon2mask): half a pixel too wide on average. With
-    mask_ratio > 1 (default 4) that mask is then shrunk by cv2.resize, whose bilinear sample between two pixels
-    rounds a half-covered pixel up: another half input pixel. Models learn the masks they are shown, so their
-    0.5 iso-lines lie this far outside the objects; outlines are moved inward by as much (measured on the
-    project's model, mask_ratio 2: best median IoU at 1.0 px, bench/README.md "Segmentation outlines")."""
-    return 0.5 + (0.5 if (mask_ratio or 4) > 1 else 0.0)
+    boundary included (ultralytics.data.utils.polygon2mask): masks wider than the objects. With mask_ratio > 1
+    (default 4) that mask is then shrunk by cv2.resize, whose bilinear sample between two pixels rounds a
+    half-covered pixel up: about another half input pixel. Models learn the masks they are shown, so their
+    0.5 iso-lines lie outside the objects; outlines are moved inward by as much. Measured on the project's
+    models on the held-out validation scenes (bench/README.md "Segmentation outlines", models/README.md):
+    best median IoU at 1.0 px for a mask_ratio-2 model (0.75 and 1.25 worse), at 0.75 px for a mask_ratio-1
+    model (0.5 and 1.0 worse; 0.75 px, not the half pixel fillPoly alone would suggest)."""
+    return 0.75 if mask_ratio == 1 else 1.0
 
 
 MARGIN = 2  # pixels sampled beyond the box, so the iso-line crossing the box edge is found, then cut exactly

@@ -126,9 +126,8 @@ class Predictor:
         if half and self.device != "cpu":
             self.args["quantize"] = 16  # Ultralytics' successor to half=True
         self.simplify, self.largest_part, self.keep_masks = simplify, largest_part, keep_masks
-        # the half-pixel biases its training labels taught the model, read from its own training arguments
-        train_args = (self.model.ckpt or {}).get("train_args", {}) if isinstance(self.model.ckpt, dict) else {}
-        self.mask_inset = training_dilation(train_args.get("mask_ratio")) if self.task == "segment" else 0.0
+        # the biases its training labels taught the model, from how its masks were trained
+        self.mask_inset = training_dilation(_ultralytics.mask_ratio(self.model)) if self.task == "segment" else 0.0
         self._ul = _ultralytics.setup_predictor(self.model, self.args)
         self.names: dict[int, str] = dict(self._ul.model.names)
         if classes is not None:
