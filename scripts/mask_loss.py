@@ -2,10 +2,11 @@
 
 Ultralytics (v8SegmentationLoss.loss, mask_ratio < 4) upsamples every image's prototypes to the label masks'
 size and then builds every positive anchor's mask over the whole image, zeroed outside the anchor's box: at
-mask_ratio 1 (320 x 320 labels) a CPU batch then costs several times its forward and backward passes. Here
-each object's prototypes are upsampled only in a window around its box, by the same bilinear rule
-(F.interpolate, align_corners=False; edge cells replicated as its clamp does), and the loss is summed only
-inside the box: the same loss and gradients (tests/test_mask_loss.py checks both against Ultralytics').
+mask_ratio 1 (320 x 320 labels) its loss costs about 6x what it does at mask_ratio 2. Here each anchor's mask
+logits are made only in a window of prototype cells around its box (coefficients times prototypes) and
+upsampled there by the same bilinear rule (F.interpolate, align_corners=False; edge cells replicated as its
+clamp does); upsampling is linear, so that is the same mask. The loss is summed only inside the box: the same
+loss and gradients (tests/test_mask_loss.py checks both against Ultralytics').
 
 Training only (scripts/train_models.py); tiler itself never imports this.
 """

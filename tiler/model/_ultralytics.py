@@ -277,7 +277,10 @@ def mask_ratio(model) -> int | None:
     else:
         ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
         value = ckpt.get("train_args", {}).get("mask_ratio")
-    return int(value) if isinstance(value, (int, float, str)) and str(value).isdigit() else None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):  # not a number: unknown, as if absent
+        return None
 
 
 def record_mask_ratio_on_export(model) -> None:
