@@ -32,8 +32,8 @@ def scene(tmp_path_factory):
     return _bgr(path), classes, polys
 
 
-def _box_recall(boxes, classes_ids, truth_classes, truth_polys, min_iou=0.5) -> float:
-    """Share of true objects with a predicted box of their class at box IoU >= min_iou."""
+def _box_ious(boxes, classes_ids, truth_classes, truth_polys) -> np.ndarray:
+    """(true objects, boxes) box IoU, zero where the classes differ."""
     tb = shapely.bounds(truth_polys)
     pb = np.asarray(boxes, dtype=float).reshape(-1, 4)
     lo = np.maximum(tb[:, None, :2], pb[None, :, :2])
@@ -41,8 +41,12 @@ def _box_recall(boxes, classes_ids, truth_classes, truth_polys, min_iou=0.5) -> 
     inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
     area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
     iou = inter / (area(tb)[:, None] + area(pb)[None, :] - inter)
-    same = truth_classes[:, None] == np.asarray(classes_ids)[None, :]
-    return float(((iou >= min_iou) & same).any(axis=1).mean())
+    return np.where(truth_classes[:, None] == np.asarray(classes_ids)[None, :], iou, 0.0)
+
+
+def _box_recall(boxes, classes_ids, truth_classes, truth_polys, min_iou=0.5) -> float:
+    """Share of true objects with a predicted box of their class at box IoU >= min_iou."""
+    return float((_box_ious(boxes, classes_ids, truth_classes, truth_polys) >= min_iou).any(axis=1).mean())
 
 
 def _twins(ours, ref) -> np.ndarray:
@@ -61,15 +65,7 @@ def _same_boxes(ours, ref) -> float:
 
 def _truth_fit(boxes, classes_ids, truth_classes, truth_polys) -> np.ndarray:
     """Each box's best box IoU with a true object of its class."""
-    tb = shapely.bounds(truth_polys)
-    pb = np.asarray(boxes, dtype=float).reshape(-1, 4)
-    lo = np.maximum(tb[:, None, :2], pb[None, :, :2])
-    hi = np.minimum(tb[:, None, 2:], pb[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
-    iou = inter / (area(tb)[:, None] + area(pb)[None, :] - inter)
-    iou[truth_classes[:, None] != np.asarray(classes_ids)[None, :]] = 0
-    return iou.max(axis=0)
+    return _box_ious(boxes, classes_ids, truth_classes, truth_polys).max(axis=0)
 
 
 # ----------------------------------------------------------------------------------- the seed's own example
