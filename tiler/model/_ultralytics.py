@@ -269,11 +269,13 @@ def _segment_outputs(preds, img, orig_imgs, protos) -> list[SegmentOutput]:
     return out
 
 
-def mask_ratio(model) -> int | None:
+def mask_ratio(model, export_meta: dict | None = None) -> int | None:
     """The mask_ratio a segment model was trained with: from a .pt's training arguments, or from an export's
-    metadata where tiler's own exports record it (`record_mask_ratio_on_export`); None when not known."""
+    metadata where tiler's own exports record it (`record_mask_ratio_on_export`); None when not known.
+    `export_meta`: the export's metadata when the caller has read it already."""
     if isinstance(model.model, (str, os.PathLike)):
-        value = export_metadata(model.model).get("mask_ratio")
+        meta = export_meta if export_meta is not None else export_metadata(model.model)
+        value = meta.get("mask_ratio")
     else:
         ckpt = model.ckpt if isinstance(model.ckpt, dict) else {}
         value = ckpt.get("train_args", {}).get("mask_ratio")

@@ -112,8 +112,9 @@ class Predictor:
         self.backend = backends.model_format(self.model.model) \
             if isinstance(self.model.model, (str, os.PathLike)) else "torch"
         self.task: str = self.model.task
-        if self.backend != "torch":
-            fixed = _ultralytics.export_metadata(self.model.model).get("imgsz")
+        export_meta = _ultralytics.export_metadata(self.model.model) if self.backend != "torch" else None
+        if export_meta is not None:
+            fixed = export_meta.get("imgsz")
             if fixed and tuple(fixed) != (imgsz, imgsz):
                 raise ModelError(f"model {self.model.model} was exported for {fixed[1]}x{fixed[0]} px input, but this "
                                  f"job feeds the model {imgsz} px (set imgsz {fixed[0]}, or export it again)")
@@ -127,7 +128,8 @@ class Predictor:
             self.args["quantize"] = 16  # Ultralytics' successor to half=True
         self.simplify, self.largest_part, self.keep_masks = simplify, largest_part, keep_masks
         # the biases its training labels taught the model, from how its masks were trained
-        self.mask_inset = training_dilation(_ultralytics.mask_ratio(self.model)) if self.task == "segment" else 0.0
+        self.mask_inset = training_dilation(_ultralytics.mask_ratio(self.model, export_meta)) \
+            if self.task == "segment" else 0.0
         self._ul = _ultralytics.setup_predictor(self.model, self.args)
         self.names: dict[int, str] = dict(self._ul.model.names)
         if classes is not None:
