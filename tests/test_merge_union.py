@@ -462,15 +462,17 @@ def test_package_api():
 # --------------------------------------------------------------------------- brute-force reference
 
 
-def ref_union_groups(geoms, scores, cls, windows, boxes, threshold, metric, class_agnostic, demote=None):
+def ref_union_groups(geoms, scores, cls, windows, boxes, threshold, metric, class_agnostic, demote=None,
+                     within_window=False, refuse=True):
     """All pairs, plain shapely per pair, links sorted by (-iou in the zone, i, j), union-find on
-    Python sets."""
+    Python sets; a join is refused if it would put together two detections of one window that are not
+    linked (unless not ``refuse``: then the groups are the connected components of the links)."""
     n = len(geoms)
     geoms = [shapely.make_valid(g) if g is not None and not g.is_valid else g for g in geoms]
     links = []
     for a in range(n):
         for b in range(a + 1, n):
-            if windows[a] == windows[b] or (not class_agnostic and cls[a] != cls[b]):
+            if (windows[a] == windows[b]) != within_window or (not class_agnostic and cls[a] != cls[b]):
                 continue
             x0, y0 = max(boxes[a][0], boxes[b][0]), max(boxes[a][1], boxes[b][1])
             x1, y1 = min(boxes[a][2], boxes[b][2]), min(boxes[a][3], boxes[b][3])
@@ -487,11 +489,13 @@ def ref_union_groups(geoms, scores, cls, windows, boxes, threshold, metric, clas
             if value > threshold:
                 links.append((-min(max(inter / (area_a + area_b - inter), 0.0), 1.0), a, b))
     links.sort()
+    linked = {(a, b) for _, a, b in links} | {(b, a) for _, a, b in links}
     members = {k: {k} for k in range(n)}
     owner = list(range(n))
     for _, a, b in links:
         ga, gb = owner[a], owner[b]
-        if ga == gb or {windows[k] for k in members[ga]} & {windows[k] for k in members[gb]}:
+        if ga == gb or refuse and any(windows[x] == windows[y] and (x, y) not in linked
+                                      for x in members[ga] for y in members[gb]):
             continue
         for k in members[gb]:
             owner[k] = ga
@@ -550,6 +554,28 @@ def test_union_groups_matches_brute_force(seed):
     # the scenes must exercise grouping, including refused joins
     ref = ref_union_groups(g, scores, cls, win, wb, 0.5, "ios", True)
     assert max(len(grp) for grp in ref) >= 3
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_union_groups_within_windows_matches_brute_force(seed):
+    """Within each window: the overlapping views of different objects are linked, and a group holds only
+    detections all linked to each other."""
+    rng = np.random.default_rng(seed)
+    g, scores, cls, win, wb, demote = rectilinear_scene(rng, 60, size=160)
+    refused = 0
+    for metric in MATCH_METRICS:
+        for thr in (0.1, 0.3, 0.5):
+            for agnostic in (False, True):
+                got = union_groups(g, scores, cls, win, wb, threshold=thr, metric=metric, class_agnostic=agnostic,
+                                   demote=demote, within_window=True)
+                check_csr(*got, len(g), scores, demote)
+                want = ref_union_groups(g, scores, cls, win, wb, thr, metric, agnostic, demote, within_window=True)
+                assert groups_of(*got) == want
+                assert all(len({win[k] for k in grp}) == 1 for grp in want)
+                chained = ref_union_groups(g, scores, cls, win, wb, thr, metric, agnostic, demote, within_window=True,
+                                           refuse=False)
+                refused += len(want) - len(chained)  # groups the chaining would have welded
+    assert refused > 0
 
 
 @settings(max_examples=60, deadline=None)

@@ -105,3 +105,16 @@ def test_a_cut_sliver_another_window_saw_whole_is_dropped():
     for method in ("union", "suppress"):
         out = merge(JobConfig(source="x.tif", model="m.pt", merge=method), dets, "segment", ROW)
         assert len(out) == 1 and out.geometries()[0].equals(truck)
+
+
+def test_a_blob_one_window_drew_around_two_boats_it_also_saw_apart_welds_nothing():
+    """Window 1 outlines two moored boats apart (0.8, 0.7) and also once around both (0.5). The blob overlaps
+    each boat by ios 1, but the boats do not overlap each other: the model kept them apart, so the union pass
+    must too (before the fix, the blob chained them into one welded polygon)."""
+    a, b = shapely.box(380, 100, 400, 140), shapely.box(402, 100, 420, 140)
+    blob = shapely.box(380, 100, 420, 140)
+    dets = _dets([a, b, blob], [2, 2, 2], [0.8, 0.7, 0.5], [1, 1, 1], [False, False, False])
+    for method in ("union", "suppress"):
+        out = merge(JobConfig(source="x.tif", model="m.pt", merge=method), dets, "segment", ROW)
+        assert len(out) == 2, method
+        assert out.geometries()[0].equals(a) and out.geometries()[1].equals(b), method

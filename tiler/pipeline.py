@@ -310,32 +310,28 @@ def _union(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, fine_
            ) -> tuple[Detections, np.ndarray]:
     """Join the pieces of one object: first those one window saw as several overlapping parts (a model shown
     a patch of a large roof often outputs a few overlapping instances of it), then the fragments that
-    different windows saw. The second pass never joins two detections of one window, so objects a window
-    saw apart stay apart. `fine_boxes` are the fine windows' boxes. Also returns each joined detection's best
-    member (an index into `dets`)."""
+    different windows saw. Neither pass puts two detections of one window that do not overlap each other into
+    one group, so objects a window saw apart stay apart, even where it also outlined them together. `fine_boxes`
+    are the fine windows' boxes. Also returns each joined detection's best member (an index into `dets`)."""
     kind = _geometry_kind(task)
-    n_classes = 1 if cfg.class_agnostic else int(dets.class_id.max()) + 1
-    within = dets.window * n_classes + (0 if cfg.class_agnostic else dets.class_id)
-    dets, first = _join(cfg, dets, kind, boxes, fine_boxes, groups=within, windows=np.arange(len(dets)),
-                        within_window=True)
-    classes = np.zeros(len(dets), np.int32) if cfg.class_agnostic else dets.class_id
-    dets, second = _join(cfg, dets, kind, boxes, fine_boxes, groups=classes, windows=dets.window,
-                         within_window=False)
+    dets, first = _join(cfg, dets, kind, boxes, fine_boxes, within_window=True)
+    dets, second = _join(cfg, dets, kind, boxes, fine_boxes, within_window=False)
     return dets, first[second]
 
 
-def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, fine_boxes: np.ndarray, groups: np.ndarray,
-          windows: np.ndarray, within_window: bool) -> tuple[Detections, np.ndarray]:
-    """One union pass: detections of the same `groups` label, never two of one `windows` label, linked by
-    their overlap inside their windows' shared zone. A group whose best member covers the others keeps it
+def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, fine_boxes: np.ndarray, within_window: bool
+          ) -> tuple[Detections, np.ndarray]:
+    """One union pass (merge/union.py): detections of the same class (unless class-agnostic), of one window (`within_window`)
+    or of different windows, linked by their overlap inside their windows' shared zone; never two of one window
+    that are not linked to each other. A group whose best member covers the others keeps it
     (duplicates: a union would inflate them), unless some member is larger than a window, or, within one window,
     cut by its edge: then the members are parts of an object no window saw whole, and only their union holds all
     of it. A joined detection stays flagged as cut (`on_seam`) if `within_window` and any part was; else only
     unjoined ones keep their flag. Returns the joined detections and each one's best member."""
     geoms = dets.geometries()
-    order, offsets = union_groups(geoms, dets.score, groups, windows, boxes[dets.window].astype(np.float64),
-                                  threshold=cfg.nms_threshold, metric=cfg.match_metric, class_agnostic=False,
-                                  demote=dets.on_seam)
+    order, offsets = union_groups(geoms, dets.score, dets.class_id, dets.window, boxes[dets.window].astype(np.float64),
+                                  threshold=cfg.nms_threshold, metric=cfg.match_metric, class_agnostic=cfg.class_agnostic,
+                                  demote=dets.on_seam, within_window=within_window)
     sizes = np.diff(offsets)
     if (sizes == 1).all():
         return dets, np.arange(len(dets), dtype=np.int64)

@@ -11,14 +11,20 @@ intersection of the two window boxes: ios = area(a & b & Z) / min(area(a & Z), a
 area(a & b & Z) / area((a | b) & Z), and the smaller of area(a & Z), area(b & Z) is at least
 ``MIN_ZONE_RATIO`` of the larger. Two views of one object see the same part of it inside Z, so ios is
 ~1 however large the object is and both parts are about the same size; two objects that merely touch
-overlap ~0, and a sliver that one of them pokes into Z is far smaller than the other's part. Detections
-of one window are never linked: the model already decided they are distinct objects.
+overlap ~0, and a sliver that one of them pokes into Z is far smaller than the other's part. With
+``within_window`` it is the other way round: only detections of the *same* window are linked (Z is
+that window), for the pieces of one object a model outlines as several overlapping instances.
 
 Grouping without welding. Links are taken in decreasing overlap (ties by ascending (i, j)), and two
-groups join only if no window contributed to both: a group holds at most one detection per window. So if
-window A saw two touching buildings as two detections and window B saw them as one blob, the blob joins
-one of them (the better overlap) and the other building stays separate, instead of all three welding into
-one. A 2000 px object seen by 8 windows in a row still becomes one group through its chain of real links.
+groups join only if that puts no two detections of one window together that are not linked to each
+other: the model kept them apart, as distinct objects. Across windows (where no two detections of one
+window are linked) a group holds at most one detection per window. So if window A saw two touching
+buildings as two detections and window B saw them as one blob, the blob joins one of them (the better
+overlap) and the other building stays separate, instead of all three welding into one. A 2000 px object
+seen by 8 windows in a row still becomes one group through its chain of real links. Within one window,
+a group is a set of detections each linked to every other: a blob that one window outlined around two
+boats it also outlined apart (each inside the blob, ios 1, but apart from each other) joins one of them
+at most, and then only as its duplicate, instead of welding the two.
 The order is by iou inside the zone, whichever metric decides the links: under ios a blob that contains
 a whole house scores 1.0, above the house's true duplicate from a third window (~0.95), and would take
 the house away from it, welding the blob's two houses across windows. By iou the duplicate (~0.9)
@@ -29,8 +35,9 @@ ordering by iou, none.
 Speed. Candidate pairs come from an STRtree over bounding boxes; the overlap inside Z is decided by the
 numpy bounds of `overlaps.decide_overlaps` and GEOS only where they cannot tell. Connected components of
 the links are labelled in numpy; a component that holds each window at most once is exactly one group
-(no join in it can be refused), so the ordered union-find runs only on the rare components where some
-window appears twice, with small-into-large merging of window sets.
+(no join in it can be refused), and so is one whose detections are all of one window and all linked to
+each other; the ordered union-find runs only on the rare other components, with small-into-large merging
+of window sets (and, within a window, a check that every pair across the two groups is linked).
 
 Output. ``union_groups`` returns groups in CSR form, members best first; `groups.py` turns them into one
 geometry, score and class per object.
@@ -86,13 +93,14 @@ def union_groups(
     metric: str = "ios",
     class_agnostic: bool = False,
     demote: np.ndarray | None = None,
+    within_window: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Group the detections that are views of one object, as described in the module docstring.
 
     ``geoms`` (n,) shapely Polygons/MultiPolygons in global pixels; ``windows`` (n,) the id of the
     window that produced each; ``window_boxes`` (n, 4) float ``[x0, y0, x1, y1]`` of that window,
     clipped to the raster. ``demote`` (optional bool per detection) ranks flagged detections last, as in
-    ``sort_order``.
+    ``sort_order``. ``within_window`` links detections of the same window instead of different ones.
 
     Returns CSR groups ``(order, offsets)``, both int64: group g is ``order[offsets[g]:offsets[g + 1]]``,
     members best first by ``sort_order(scores, ..., "score", demote)``; every detection is in exactly
@@ -116,8 +124,8 @@ def union_groups(
     if n == 0:
         return np.empty(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
 
-    links = _links(g, win, boxes, None if class_agnostic else cls, metric, thr)
-    label = _group_labels(n, win, links)
+    links = _links(g, win, boxes, None if class_agnostic else cls, metric, thr, within_window)
+    label = _group_labels(n, win, links, within_window)
     return _csr(label, rank_order)
 
 
@@ -146,11 +154,11 @@ def _zone_parts(geoms: np.ndarray, idx: np.ndarray, zone: np.ndarray, bounds: np
 
 
 def _links(g: np.ndarray, win: np.ndarray, boxes: np.ndarray, cls: np.ndarray | None, metric: str,
-           thr: float) -> _Links:
+           thr: float, within_window: bool) -> _Links:
     """The links: candidate pairs from the STRtree (bounding boxes of the unrepaired shapes, which
     contain the repaired ones), then window, class and zone filters, then the overlap decision."""
     i, j = candidate_pairs(g, predicate=None)
-    keep = win[i] != win[j]
+    keep = (win[i] == win[j]) if within_window else (win[i] != win[j])
     if cls is not None:
         keep &= cls[i] == cls[j]
     i, j = i[keep], j[keep]
@@ -215,17 +223,23 @@ def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return label
 
 
-def _group_labels(n: int, win: np.ndarray, links: _Links) -> np.ndarray:
+def _group_labels(n: int, win: np.ndarray, links: _Links, within_window: bool) -> np.ndarray:
     """One label per detection, shared by the members of a group and by no one else (a member's index)."""
     comp = _components(n, links.a, links.b)
-    # A component holding some window twice needs the ordered union-find; any other is one group.
-    by = np.lexsort((win, comp))
-    c_sorted, w_sorted = comp[by], win[by]
-    twice = (c_sorted[1:] == c_sorted[:-1]) & (w_sorted[1:] == w_sorted[:-1])
-    if not twice.any():
+    # A component needs the ordered union-find only if some join in it could be refused: across windows, when
+    # it holds some window twice; within one window, when some two of its detections are not linked.
+    if within_window:
+        size = np.bincount(comp, minlength=n)
+        n_links = np.bincount(comp[links.a], minlength=n)
+        conflicted = n_links < size * (size - 1) // 2
+    else:
+        by = np.lexsort((win, comp))
+        c_sorted, w_sorted = comp[by], win[by]
+        twice = (c_sorted[1:] == c_sorted[:-1]) & (w_sorted[1:] == w_sorted[:-1])
+        conflicted = np.zeros(n, dtype=bool)
+        conflicted[c_sorted[1:][twice]] = True
+    if not conflicted.any():
         return comp
-    conflicted = np.zeros(n, dtype=bool)
-    conflicted[np.unique(c_sorted[1:][twice])] = True
     in_conflict = conflicted[comp]
     sel = np.flatnonzero(in_conflict[links.a])
     a, b = links.a[sel], links.b[sel]
@@ -237,7 +251,9 @@ def _group_labels(n: int, win: np.ndarray, links: _Links) -> np.ndarray:
     nodes = np.flatnonzero(in_conflict)
     local = np.full(n, -1, dtype=np.int64)
     local[nodes] = np.arange(len(nodes))
-    root = _ordered_union_find(local[a[seq]].tolist(), local[b[seq]].tolist(), win[nodes].tolist())
+    la, lb = local[a[seq]].tolist(), local[b[seq]].tolist()
+    root = (_clique_union_find(la, lb, len(nodes)) if within_window
+            else _ordered_union_find(la, lb, win[nodes].tolist()))
     label = comp.copy()
     label[nodes] = nodes[root]
     return label
@@ -268,6 +284,26 @@ def _ordered_union_find(a: list[int], b: list[int], win: list[int]) -> np.ndarra
             sx |= sy
             windows[ry] = None
     return np.fromiter((find(x) for x in range(len(win))), dtype=np.int64, count=len(win))
+
+
+def _clique_union_find(a: list[int], b: list[int], n: int) -> np.ndarray:
+    """Links in the given order, joining two groups only if every pair across them is a link: each group
+    stays a set of detections all linked to one another. (Components of one window's detections are small,
+    so the pairwise check is cheap.)"""
+    linked = set(zip(a, b)) | set(zip(b, a))
+    members: list[list[int]] = [[x] for x in range(n)]
+    owner = list(range(n))
+    for x, y in zip(a, b):
+        gx, gy = owner[x], owner[y]
+        if gx == gy or not all((p, q) in linked for p in members[gx] for q in members[gy]):
+            continue
+        if len(members[gx]) < len(members[gy]):
+            gx, gy = gy, gx
+        for k in members[gy]:
+            owner[k] = gx
+        members[gx] += members[gy]
+        members[gy] = []
+    return np.asarray(owner, dtype=np.int64)
 
 
 def _csr(label: np.ndarray, rank_order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
