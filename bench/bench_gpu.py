@@ -9,9 +9,11 @@ tiled, deflate-compressed GeoTIFF of `--size` pixels (so it is quick to write; t
 not depend on what it finds much). Measured, each in this one process unless said:
   * raw: the network alone (Ultralytics' AutoBackend, fused, as tiler loads it) on a batch already on the
     GPU, fp32 and fp16, CUDA-synchronised, images/s;
-  * model: tiler's `Predictor.predict` on patches already in memory (letterbox, host-to-device copy of the
-    uint8 batch, forward, per-patch NMS, detections out), images/s;
+  * model: tiler's `Predictor.predict` on batches already in memory, in its own (pinned) batch buffers as the
+    job's readers fill them (host-to-device copy of the uint8 batch, forward, NMS, detections out), images/s;
   * read: `read_patches` alone over the job's batches, images/s;
+  * read_scaling: `read_patches` over the whole grid with 1, 4, 8, 16 (`--read-threads`) reader threads, each
+    with its own handle, reading runs of 8 windows as the job's readers do, windows/s;
   * job: `tiler predict --runner auto` in a fresh process (the default on a one-GPU machine is in-process),
     with its report: windows / wall time of the job (model load excluded) and seconds per stage.
 Everything is printed as one JSON line per measurement and collected in DIR/gpu.json.
@@ -109,10 +111,52 @@ def patches_of(src_path: Path, patch: int, batch: int, n_batches: int):
     return out
 
 
+def read_scaling(src_path: Path, patch: int, threads_list: list[int], chunk: int = 8) -> None:
+    """Windows/s of `read_patches` over the whole scene's grid with several reader threads, each through its own
+    handle and reading runs of `chunk` windows of a row, as the in-process runner's readers do (GDAL settings
+    from the environment, e.g. GDAL_NUM_THREADS)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from tiler.pipeline import read_patches
+    from tiler.raster import RasterSource, gdal_env
+
+    with RasterSource(str(src_path)) as src:
+        xs = np.arange(0, src.width - patch + 1, int(patch * 0.75))
+        origins = np.array([(x, y) for y in xs for x in xs])
+        runs = [(lo, min(lo + chunk, len(origins))) for lo in range(0, len(origins), chunk)]
+        for threads in threads_list:
+            local = threading.local()
+            handles = []
+
+            def read(lo: int, hi: int) -> None:
+                if getattr(local, "src", None) is None:
+                    local.src = src.reopened()
+                    handles.append(local.src)
+                read_patches(local.src, (patch, patch), origins[lo:hi], np.arange(lo, hi))
+
+            with gdal_env(src, patch), ThreadPoolExecutor(threads) as pool:
+                t = time.perf_counter()
+                list(pool.map(lambda r: read(*r), runs))
+                dt = time.perf_counter() - t
+            for h in handles:
+                h.close()
+            emit(step="read_scaling", threads=threads, windows=len(origins),
+                 gdal_num_threads=os.environ.get("GDAL_NUM_THREADS"), images_per_s=round(len(origins) / dt, 1))
+
+
 def model_level(model: str, batches, imgsz: int, half: bool, device: str, profile: Path | None = None) -> None:
     from tiler.model.predictor import Predictor
 
     pred = Predictor(model, imgsz=imgsz, device=device, half=half, batch=len(batches[0]))
+    # in the model's own batch buffers (pinned host memory on a GPU), as the job's readers fill them
+    pinned = []
+    for b in batches:
+        pinned.append(pred.batch_buffer(*b.shape[:3]))
+        pinned[-1][:] = b
+    batches = pinned
     pred.predict(batches[0])
     sync()
     t = time.perf_counter()
@@ -172,6 +216,7 @@ def main() -> int:
     ap.add_argument("--batch", default="32,64")
     ap.add_argument("--out", default="/tmp/bench_gpu")
     ap.add_argument("--steps", default="raw,read,model,job")
+    ap.add_argument("--read-threads", default="1,4,8,16", help="read_scaling: reader thread counts")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--profile", action="store_true", help="model: also a cProfile of Predictor.predict")
     ap.add_argument("--iters", type=int, default=30, help="raw: timed forward passes per case")
@@ -188,8 +233,10 @@ def main() -> int:
     steps = args.steps.split(",")
     batches = [int(b) for b in args.batch.split(",")]
     halves = (False, True) if args.device.startswith("cuda") else (False,)
-    needs_scene = bool({"read", "model", "job"} & set(steps))
+    needs_scene = bool({"read", "read_scaling", "model", "job"} & set(steps))
     tif = scene(Path(f"/tmp/bench_gpu_scene{args.size}.tif"), args.size) if needs_scene else None
+    if "read_scaling" in steps:
+        read_scaling(tif, args.patch, [int(t) for t in args.read_threads.split(",")])
     for b in batches:
         for half in halves:
             if "raw" in steps:

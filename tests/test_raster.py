@@ -535,13 +535,20 @@ def test_strip_reads_equal_window_reads(tmp_path, bands, mask):
         origins = np.asarray(grid.origins())
         ids = np.arange(len(origins))
         strips = 0
+        used = np.full((5, 160, 96, 3), 7, dtype=np.uint8)  # a batch buffer holding the last batch's pixels
         for start in range(0, len(origins), 5):  # batches of 5: some strips end inside a row
             o, w = origins[start:start + 5], ids[start:start + 5]
             got = read_patches(src, (96, 160), o, w)  # taller than the raster: padded below
+            assert got.shape == (len(o), 160, 96, 3) and got.dtype == np.uint8
+            into = read_patches(src, (96, 160), o, w, out=used[:len(o)])
+            assert into.base is used or into is used
             strips += len(_strips(o, 96))
-            for (x, y), k, patch in zip(o, w, got):
+            for (x, y), k, patch, again in zip(o, w, got, into):
                 np.testing.assert_array_equal(patch, src.read(int(x), int(y), 96, 160), err_msg=f"window {k}")
+                np.testing.assert_array_equal(again, patch, err_msg=f"window {k} read into a used buffer")
         assert strips <= len(origins) // 2  # most windows were cut from strips
+        with pytest.raises(ValueError, match="out has shape"):
+            read_patches(src, (96, 160), origins[:2], ids[:2], out=used)
 
 
 def test_strips_join_only_neighbours_of_one_row():

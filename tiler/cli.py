@@ -98,7 +98,7 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                    "--cpus-per-worker on Ray)")
     p.add_argument("--read-threads", type=int,
                    help="in-process runner: threads reading windows ahead of the model (default: 1 when the model "
-                        "runs on the CPU, which needs the cores; half the cores, at most 8, on a GPU)")
+                        "runs on the CPU, which needs the cores; three quarters of the cores, at most 16, on a GPU)")
     p.add_argument("--gdal-cache-mb", type=int,
                    help="GDAL block cache in MiB (default: two rows of windows, 16-1024 MiB)")
     s = p.add_argument_group("surveys and checkpoints")

@@ -149,34 +149,48 @@ def make_predictor(cfg: JobConfig) -> Predictor:
 
 
 def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.ndarray, window_ids: np.ndarray,
-                 read_size: tuple[int, int] | None = None) -> list[np.ndarray]:
-    """The windows' patches, each `read_size` (decimated) when given, else `patch_size`.
+                 read_size: tuple[int, int] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """The windows' patches as one (n, h, w, 3) uint8 batch, each `read_size` (decimated) when given, else
+    `patch_size`; written into `out` (a batch buffer of that shape, e.g. the model's pinned host memory) when given.
 
     Neighbouring windows of one grid row (consecutive in the batch, same top, overlapping or touching) are
-    read as one strip and cut in memory, so the pixels they share are decoded and copied once (at 25 %
-    overlap a row's windows cover each pixel 1.33 times; the rows above and below share blocks through
-    GDAL's block cache). The patches are views of the strip and equal per-window reads bit for bit (tested).
-    Decimated reads stay per window: averaging a strip would mix pixels across window edges."""
+    read as one strip and cut in memory, so the pixels they share are decoded once (at 25 % overlap a row's
+    windows cover each pixel 1.33 times; the rows above and below share blocks through GDAL's block cache).
+    The patches equal per-window reads bit for bit (tested). Decimated reads stay per window: averaging a strip
+    would mix pixels across window edges."""
     pw, ph = patch_size
     xy = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
     ids = np.asarray(window_ids).reshape(-1)
+    ow, oh = read_size or patch_size
+    if out is None:
+        out = np.empty((len(xy), oh, ow, 3), dtype=np.uint8)
+    elif out.shape != (len(xy), oh, ow, 3) or out.dtype != np.uint8:
+        raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}, expected ({len(xy)}, {oh}, {ow}, 3) uint8")
     if read_size is not None:
-        return [source.read(int(x), int(y), pw, ph, window_id=int(w), out_size=read_size)
-                for (x, y), w in zip(xy, ids)]
-    patches: list[np.ndarray] = []
+        for k, ((x, y), w) in enumerate(zip(xy.tolist(), ids.tolist())):
+            source.read(x, y, pw, ph, window_id=w, out_size=read_size, into=out[k])
+        return out
     for a, b in _strips(xy, pw):  # a lone window is a strip of one
         x0, y0 = int(xy[a, 0]), int(xy[a, 1])
+        if b - a == 1:
+            source.read(x0, y0, pw, ph, window_id=int(ids[a]), into=out[a])
+            continue
         try:
             strip = source.read(x0, y0, int(xy[b - 1, 0]) + pw - x0, ph, window_id=int(ids[a]))
         except WindowReadError:
-            if b - a == 1:
-                raise
             # read the strip's windows one by one, so the error names the failing one
-            patches += [source.read(int(x), int(y), pw, ph, window_id=int(w))
-                        for (x, y), w in zip(xy[a:b], ids[a:b])]
+            for k in range(a, b):
+                source.read(int(xy[k, 0]), int(xy[k, 1]), pw, ph, window_id=int(ids[k]), into=out[k])
             continue
-        patches += [strip[:, x - x0:x - x0 + pw] for x in xy[a:b, 0].tolist()]
-    return patches
+        for k, x in zip(range(a, b), xy[a:b, 0].tolist()):
+            out[k] = strip[:, x - x0:x - x0 + pw]
+    return out
+
+
+def live_patches(patches: np.ndarray) -> np.ndarray:
+    """Which patches of a batch hold any data (bool per patch): those read back entirely empty (nodata the coarse
+    mask could not rule out) skip the model."""
+    return patches.reshape(len(patches), -1).any(axis=1)
 
 
 def _strips(xy: np.ndarray, width: int) -> list[tuple[int, int]]:
@@ -191,20 +205,17 @@ def _strips(xy: np.ndarray, width: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
-def has_data(patch: np.ndarray) -> bool:
-    return bool(patch.any())
-
-
 def infer_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size: tuple[int, int],
-                  patches: list[np.ndarray], origins: np.ndarray, window_ids: np.ndarray) -> Detections:
-    """Predict a batch of patches and return detections in global pixel coordinates.
-
-    Patches that read back entirely empty (nodata the coarse mask could not rule out) skip the model."""
-    live = [k for k, p in enumerate(patches) if has_data(p)]
-    if not live:
+                  patches: np.ndarray, origins: np.ndarray, window_ids: np.ndarray,
+                  live: np.ndarray | None = None) -> Detections:
+    """Predict a batch of patches ((n, h, w, 3), as `read_patches` gives) and return detections in global pixel
+    coordinates. Patches that are not `live` (default: `live_patches`) skip the model."""
+    live = live_patches(patches) if live is None else live
+    if not live.any():
         return Detections.empty()
-    local = predictor.predict([patches[k] for k in live])
-    scale = patch_size[0] / patches[0].shape[1]
+    batch = patches if live.all() else patches[live]
+    local = predictor.predict(batch)
+    scale = patch_size[0] / patches.shape[2]
     if scale != 1:  # patches read decimated: the model saw them smaller than the window
         local = local.scaled(scale)
     # an outline cut by the window edge ends within a pixel or two of it in the model's pixels: `scale` times
@@ -321,17 +332,18 @@ def _union(cfg: JobConfig, dets: Detections, task: str, boxes: np.ndarray, fine_
 
 def _join(cfg: JobConfig, dets: Detections, kind: str, boxes: np.ndarray, fine_boxes: np.ndarray, within_window: bool
           ) -> tuple[Detections, np.ndarray]:
-    """One union pass (merge/union.py): detections of the same class (unless class-agnostic), of one window (`within_window`)
-    or of different windows, linked by their overlap inside their windows' shared zone; never two of one window
-    that are not linked to each other. A group whose best member covers the others keeps it
+    """One union pass (merge/union.py): detections of the same class (unless class-agnostic), of one window
+    (`within_window`) or of different windows, linked by their overlap inside their windows' shared zone; never two
+    of one window that are not linked to each other. A group whose best member covers the others keeps it
     (duplicates: a union would inflate them), unless some member is larger than a window, or, within one window,
     cut by its edge: then the members are parts of an object no window saw whole, and only their union holds all
     of it. A joined detection stays flagged as cut (`on_seam`) if `within_window` and any part was; else only
     unjoined ones keep their flag. Returns the joined detections and each one's best member."""
     geoms = dets.geometries()
-    order, offsets = union_groups(geoms, dets.score, dets.class_id, dets.window, boxes[dets.window].astype(np.float64),
-                                  threshold=cfg.nms_threshold, metric=cfg.match_metric, class_agnostic=cfg.class_agnostic,
-                                  demote=dets.on_seam, within_window=within_window)
+    order, offsets = union_groups(geoms, dets.score, dets.class_id, dets.window,
+                                  boxes[dets.window].astype(np.float64), threshold=cfg.nms_threshold,
+                                  metric=cfg.match_metric, class_agnostic=cfg.class_agnostic, demote=dets.on_seam,
+                                  within_window=within_window)
     sizes = np.diff(offsets)
     if (sizes == 1).all():
         return dets, np.arange(len(dets), dtype=np.int64)

@@ -255,14 +255,22 @@ class RasterSource:
 
     # -- windowed reads ---------------------------------------------------------------------------------
     def read(self, x0: int, y0: int, width: int, height: int, window_id: int = -1,
-             out_size: tuple[int, int] | None = None) -> np.ndarray:
+             out_size: tuple[int, int] | None = None, into: np.ndarray | None = None) -> np.ndarray:
         """(height, width, 3) uint8 RGB; the part outside the raster (and masked pixels) is zero. With
         `out_size` (w, h) smaller than the window, the window is read decimated to that size (pixel averages;
-        GDAL serves the read from an overview where one has that scale)."""
+        GDAL serves the read from an overview where one has that scale). `into`, an array of that shape, is
+        filled and returned instead of a new one (a slot of a batch)."""
         cx0, cy0 = max(0, x0), max(0, y0)
         cx1, cy1 = min(self.width, x0 + width), min(self.height, y0 + height)
         ow, oh = out_size or (width, height)
-        out = np.zeros((oh, ow, 3), dtype=np.uint8)
+        if into is None:
+            out = np.zeros((oh, ow, 3), dtype=np.uint8)
+        else:
+            if into.shape != (oh, ow, 3) or into.dtype != np.uint8:
+                raise ValueError(f"into has shape {into.shape} and dtype {into.dtype}, expected ({oh}, {ow}, 3) uint8")
+            out = into
+            if cx0 > x0 or cy0 > y0 or cx1 < x0 + width or cy1 < y0 + height:
+                out[:] = 0  # only a window reaching past the raster has pixels the read below leaves alone
         if cx1 <= cx0 or cy1 <= cy0:
             return out
         win = Window(cx0, cy0, cx1 - cx0, cy1 - cy0)

@@ -119,9 +119,11 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
     be made per object instead of Ultralytics' full-image mask per object."""
     import torch
 
+    # one (n, h, w, 3) array is used as it is (torch cannot wrap a read-only one, e.g. unpickled from bytes)
+    batch = patches if isinstance(patches, np.ndarray) and patches.ndim == 4 and patches.flags.writeable else None
     images = list(patches)
     with torch.inference_mode():
-        x = _device_batch(ul, images).permute(0, 3, 1, 2)
+        x = _device_batch(ul, images, batch).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=torch.channels_last if getattr(ul, "tiler_channels_last", False)
                          else torch.contiguous_format)
         x = (x.half() if ul.model.fp16 else x.float()).div_(255)
@@ -196,31 +198,45 @@ def box_outputs(ul, preds, img, images: list[np.ndarray]) -> BoxOutput | None:
     return BoxOutput(corners, rows[:, 5].cpu().numpy(), rows[:, 4].cpu().numpy(), image.cpu().numpy())
 
 
-def _device_batch(ul, images: list[np.ndarray]):
-    """The letterboxed uint8 batch (n, h, w, 3) on the model's device.
+def _device_batch(ul, images: list[np.ndarray], batch: np.ndarray | None = None):
+    """The letterboxed uint8 batch (n, h, w, 3) on the model's device. `batch`, where given, is `images` as one
+    (n, h, w, 3) array.
 
     Ultralytics' letterbox (colour-blind, so RGB patches go through it as they are) is skipped where it is the
     identity, i.e. for patches already of the model's input size (the default: imgsz is the patch size): it
     copies each patch through OpenCV first, 84 against 21 ms per 64 patches of 640 px on the 2-core development
     CPU, about 1 ms per patch, more than an H100's forward pass of one.
 
-    For a GPU such a batch is stacked into a pinned host buffer kept for the next batch and copied
-    asynchronously. Profiled on an H100 machine, per batch of 64 patches of 640 px (78 MB): stacking into a
-    fresh array 28 ms and the pageable copy 13 ms, against 20 and 1.5 ms this way; the forward pass itself
-    takes 19 ms."""
+    For a GPU the batch must be in pinned host memory to be copied asynchronously. A `batch` that is (the job's
+    readers fill `Predictor.batch_buffer`s) is copied as it is; anything else is first stacked into a pinned
+    buffer kept for the next batch. Profiled on an H100 machine, per batch of 64 patches of 640 px (78 MB):
+    stacking into a fresh array 28 ms and the pageable copy 13 ms, against 20 and 1.5 ms through the kept
+    buffer; the forward pass itself takes 19 ms. On an H200 that stacking was still 45 % of `predict`, hence
+    the readers' own pinned buffers. A pinned `batch` must not be written again before `predict` returns
+    (its results are on the host by then, so the copy has finished)."""
     import torch
 
     shape = _letterbox_identity(ul, images)
     on_gpu = torch.device(ul.device).type == "cuda"
     if shape is None or not on_gpu:
-        x = torch.from_numpy(np.stack(images) if shape is not None else np.stack(ul.pre_transform(images)))
+        if shape is None:
+            x = torch.from_numpy(np.stack(ul.pre_transform(images)))
+        else:
+            x = torch.from_numpy(batch if batch is not None else np.stack(images))
         return x.to(ul.device) if on_gpu else x
+    if batch is not None and batch.flags.c_contiguous:
+        x = torch.from_numpy(batch)
+        if x.is_pinned():
+            return x.to(ul.device, non_blocking=True)
     buf, copied = getattr(ul, "tiler_pinned", (None, None))
     if buf is None or buf.shape[1:] != shape or buf.shape[0] < len(images):
         buf, copied = torch.empty((len(images), *shape), dtype=torch.uint8).pin_memory(), None
     if copied is not None:
         copied.synchronize()  # the last batch's copy out of the buffer has finished
-    np.stack(images, out=buf.numpy()[:len(images)])
+    if batch is not None:
+        np.copyto(buf.numpy()[:len(images)], batch)
+    else:
+        np.stack(images, out=buf.numpy()[:len(images)])
     x = buf[:len(images)].to(ul.device, non_blocking=True)
     copied = torch.cuda.Event()
     copied.record()

@@ -150,8 +150,21 @@ class Predictor:
             raise ModelError(f"model file not found: {path}")
         return backends.exported_model(path, backend, imgsz, batch, half and self.device != "cpu", self.device)
 
-    def predict(self, patches: list[np.ndarray]) -> Detections:
-        if not patches:
+    def batch_buffer(self, n: int, height: int, width: int) -> np.ndarray:
+        """An empty (n, height, width, 3) uint8 batch for readers to fill and `predict` to take: in pinned
+        (page-locked) host memory when the model runs on a CUDA GPU, so that the batch goes to the device
+        in one asynchronous copy, with no stacking on the way."""
+        if not self.device.startswith("cuda"):
+            return np.empty((n, height, width, 3), dtype=np.uint8)
+        import torch
+
+        # the array keeps its pinned tensor alive (it is the array's base)
+        return torch.empty((n, height, width, 3), dtype=torch.uint8, pin_memory=True).numpy()
+
+    def predict(self, patches: list[np.ndarray] | np.ndarray) -> Detections:
+        """Detections in patch pixels, `window` = each one's index in `patches` (a list of (h, w, 3) uint8 RGB
+        patches, or one (n, h, w, 3) batch, e.g. a `batch_buffer`)."""
+        if len(patches) == 0:
             return Detections.empty()
         segment = self.task == "segment"
         results = _ultralytics.run_stages(self._ul, patches, raw_segments=segment)

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import JobConfig
 from ..errors import RasterError, TilerError
-from ..pipeline import BatchResult, BatchSpec, has_data, infer_patches, make_predictor, read_patches
+from ..pipeline import BatchResult, BatchSpec, infer_patches, live_patches, make_predictor, read_patches
 from ..raster import RasterSource, gdal_env
 from ..result import JobStats
 from . import _reaper
@@ -71,7 +71,7 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int
             with gdal_env(source, int(ph), cfg.gdal_cache_mb):
                 patches = read_patches(source, (int(pw), int(ph)), origins, wid[:count],
                                        (int(rw), int(rh)) if rw else None)
-                packed.append(pickle.dumps(np.stack(patches), protocol=5))
+                packed.append(pickle.dumps(patches, protocol=5))
             errors.append(b"")
         except RasterError as exc:
             # a corrupt window (or a frame gone since it was planned) is the user's problem, not a transient
@@ -109,14 +109,15 @@ class PredictActor:
                 out["detections"].append(b""), out["empty"].append(0), out["seconds"].append(batch["read_s"][k])
                 continue
             t = time.perf_counter()
-            patches = list(pickle.loads(batch["patches"][k]))
+            patches = pickle.loads(batch["patches"][k])  # (n, h, w, 3)
             origins = np.stack([batch["x0"][k][:count], batch["y0"][k][:count]], axis=1)
             raster_size = (int(batch["raster_w"][k]), int(batch["raster_h"][k]))
             patch_size = (int(batch["pw"][k]), int(batch["ph"][k]))
+            live = live_patches(patches)
             dets = infer_patches(self.predictor, patch_size, raster_size, patches, origins,
-                                 batch["window_id"][k][:count])
+                                 batch["window_id"][k][:count], live)
             out["detections"].append(pickle.dumps(dets, protocol=5))  # columnar detections travel as one object
-            out["empty"].append(sum(1 for p in patches if not has_data(p)))
+            out["empty"].append(int((~live).sum()))
             out["seconds"].append(batch["read_s"][k] + time.perf_counter() - t)
         restarted = np.zeros(len(out["empty"]), dtype=np.int64)
         # Ray Data fuses the read tasks into CPU actors; with GPU actors they run apart (reported, and tested)
