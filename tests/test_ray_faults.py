@@ -10,7 +10,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from tiler import TileJob  # noqa: E402
-from tiler.runners.ray import CRASH_ONCE_ENV  # noqa: E402
+from tiler.runners.ray import CRASH_INIT_ONCE_ENV, CRASH_ONCE_ENV  # noqa: E402
 from tiler.synth import SceneSpec, write_scene  # noqa: E402
 
 from .helpers import features, ray_cluster  # noqa: E402
@@ -46,6 +46,19 @@ def test_actor_killed_mid_batch(cluster, scene_and_reference, tmp_path, monkeypa
     assert features(out) == reference
     assert result.stats.windows_run == result.stats.windows_planned
     assert result.stats.actor_restarts == 1  # the restarted actor reported itself
+
+
+def test_actor_dying_while_it_starts(cluster, scene_and_reference, tmp_path, monkeypatch):
+    """An actor whose process dies in its constructor (before it ran anything) is restarted: the job completes,
+    identical."""
+    tif, reference = scene_and_reference
+    crash_marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_INIT_ONCE_ENV, str(crash_marker))
+    out = tmp_path / "out.geojson"
+    result = TileJob(tif, MODEL, runner="ray", workers=1, out=out, **PARAMS).run()
+    assert crash_marker.exists(), "the test hook did not kill an actor"
+    assert features(out) == reference
+    assert result.stats.windows_run == result.stats.windows_planned
 
 
 def test_worker_node_removed_mid_job(cluster, scene_and_reference, tmp_path):

@@ -37,6 +37,13 @@ from ._ray_log import StderrFilter
 # Test hook: when this names a file that does not exist yet, the first actor batch creates it and kills
 # its own process, so tests can prove a lost actor leaves the job complete and identical.
 CRASH_ONCE_ENV = "TILER_TEST_CRASH_ONCE"
+# The same while an actor starts (in its __init__, before it loads the model).
+CRASH_INIT_ONCE_ENV = "TILER_TEST_CRASH_INIT_ONCE"
+# Actor deaths during start-up that Ray Data replaces before failing the job. Its default, 0, fails on the first:
+# once, on a loaded machine, the test suite lost a job to an actor "cancelled before it started running" that Ray
+# Data counted as such a death (a process dying in its constructor is restarted by Ray either way: tested). The
+# driver has checked the model already, so such deaths are the cluster's; a model that cannot load still fails.
+ACTOR_INIT_DEATHS = 3
 WINDOWS_PER_BLOCK = 64  # each read task carries many windows: scheduling cost stays small per window
 
 OPEN_FRAMES = 8  # rasters a worker keeps open: surveys have thousands of frames
@@ -88,6 +95,7 @@ class PredictActor:
     """Ray Data actor: loads the model once, predicts one model batch of patches into global detections."""
 
     def __init__(self, cfg: JobConfig):
+        _crash_once(CRASH_INIT_ONCE_ENV)
         # A GPU-less node still gets a working actor: device "auto" (the default) falls back to CPU.
         self.cfg = cfg.replace(threads=_actor_threads(cfg))
         self.predictor = make_predictor(self.cfg)
@@ -97,11 +105,7 @@ class PredictActor:
         self.unreported_restart = bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        crash_file = os.environ.get(CRASH_ONCE_ENV)
-        if crash_file and not os.path.exists(crash_file):
-            with open(crash_file, "w") as f:
-                f.write(str(os.getpid()))
-            os._exit(1)  # simulate a lost actor mid-batch
+        _crash_once(CRASH_ONCE_ENV)  # test hook: a lost actor mid-batch
         out = {"detections": [], "empty": [], "seconds": []}
         for k in range(len(batch["count"])):
             count = int(batch["count"][k])
@@ -128,6 +132,15 @@ class PredictActor:
                 "window_id": batch["window_id"], "detections": np.array(out["detections"], dtype=object),
                 "empty": np.array(out["empty"]), "seconds": np.array(out["seconds"]), "restarted": restarted,
                 "error": batch["error"], "read_here": read_here}
+
+
+def _crash_once(env: str) -> None:
+    """Test hook: if `env` names a file that does not exist yet, create it and kill this process."""
+    crash_file = os.environ.get(env)
+    if crash_file and not os.path.exists(crash_file):
+        with open(crash_file, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(1)
 
 
 def _actor_threads(cfg: JobConfig) -> int:
@@ -270,6 +283,7 @@ class RayExecutor:
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             ctx.verbose_progress = False
+            ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
             self.min_actors, self.max_actors, self.gpu_each = _actor_plan(cfg)
         except BaseException:
             self.__exit__()
@@ -308,7 +322,7 @@ class RayExecutor:
             # (its defaults: max_restarts=-1, max_task_retries=-1); exceptions from our code are not retried.
             ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg, "sources": self.sources}, batch_size=per_task,
                                 num_cpus=1)
-            hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV,) if k in os.environ}
+            hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV, CRASH_INIT_ONCE_ENV) if k in os.environ}
             ds = ds.map_batches(_actor_class(cfg), batch_size=1, num_gpus=self.gpu_each,
                                 num_cpus=cfg.cpus_per_worker,
                                 compute=ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
