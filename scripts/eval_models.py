@@ -2,7 +2,7 @@
 """Measure the project's models on a fresh validation scene (a seed no training patch came from).
 
     .venv/bin/python scripts/eval_models.py [--size 2048] [--seed 4242] [--tasks detect,segment,obb]
-                                            [--large-objects] [--coarse-factor F] [--models models]
+                                            [--large-objects] [--coarse-factor F] [--imgsz N] [--models models]
 
 Runs the whole engine (320 px patches, overlap 0.25, the models' training size) and prints precision and
 recall at IoU 0.5 per class: box IoU for detect, polygon IoU for obb (against each object's minimum
@@ -10,7 +10,8 @@ rotated rectangle) and segment (against its polygon, holes included), and the me
 objects. The test suite checks the same bar. With --large-objects the scene also holds large buildings
 (300-900 px, many with courtyards, bigger than a patch): for those it also prints how many were found, their
 median IoU, and into how many pieces the output cut each one (1 is whole; a roof seen by several patches and
-not merged comes out in several). --coarse-factor F adds the coarse pass (README: objects larger than a patch).
+not merged comes out in several). --coarse-factor F adds the coarse pass (README: objects larger than a patch);
+--imgsz N feeds the 320 px patches to the model at N px (README: outlines of small objects).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--tasks", default="detect,segment,obb")
     ap.add_argument("--large-objects", action="store_true", help="a scene with large buildings too")
     ap.add_argument("--coarse-factor", type=int, default=None, help="also a coarse pass of windows F times the patch")
+    ap.add_argument("--imgsz", type=int, default=None, help="model input size (default: the patch, 320)")
     ap.add_argument("--models", default=str(REPO / "models"), help="folder with tiler-{task}.pt")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -45,7 +47,7 @@ def main() -> int:
         for task in args.tasks.split(","):
             out = Path(tmp) / f"{task}.geojson"
             TileJob(tif, Path(args.models) / f"tiler-{task}.pt", patch_size=320, overlap=0.25, runner="local",
-                    progress=False, out=out, coarse_factor=args.coarse_factor).run()
+                    progress=False, out=out, coarse_factor=args.coarse_factor, imgsz=args.imgsz).run()
             report = scene_report(out, truth, tif, task, iou_threshold=0.5)
             for name, score in report["scores"].items():
                 print(f"{task:<8} {name:<9} {score}  median IoU {report['median_iou'][name]:.3f}")

@@ -78,11 +78,30 @@ def test_segment_outlines_fit_small_objects(small_scene, segment_small):
     report = scene_report(out, truth, tif, "segment")
     summary = {k: f"{v} median IoU {report['median_iou'][k]:.3f}" for k, v in report["scores"].items()}
     assert report["scores"]["all"].precision >= 0.9 and report["scores"]["all"].recall >= 0.9, summary
-    # issue 8 asks 0.80 for vehicles; the retrained models measure 0.794-0.799 here (0.735 with Ultralytics'
-    # own outlines of the first model): guarded at the level reached, the target is still open
+    # issue 8 asks 0.80 for vehicles: 0.794 here at the default input size (0.735 with Ultralytics' own
+    # outlines of the first model), guarded at the level reached; met at 384 px input (the next test)
     assert report["median_iou"]["vehicle"] >= 0.79, summary
     assert report["median_iou"]["boat"] >= 0.85, summary
     assert report["median_iou"]["building"] >= 0.93, summary
+
+
+def test_small_object_outlines_at_a_larger_model_input(small_scene, segment_small, tmp_path):
+    """The same 320 px patches fed to the model at 384 px (README, "Outlines of small objects"): its
+    prototypes, a quarter of its input, are then finer on the ground, and vehicles (6-20 px) fit issue 8's
+    0.80. Measured here 0.805 against 0.794 at 320 px (0.808-0.820 on 14 other fresh scenes)."""
+    tif, truth = small_scene
+    out = tmp_path / "segment384.geojson"
+    result = TileJob(tif, MODELS / "tiler-segment.pt", out=out, imgsz=384, **JOB).run()
+    assert len(check_geojson_geometries(out)) == len(result)
+    report = scene_report(out, truth, tif, "segment")
+    summary = {k: f"{v} median IoU {report['median_iou'][k]:.3f}" for k, v in report["scores"].items()}
+    assert report["scores"]["all"].precision >= 0.9 and report["scores"]["all"].recall >= 0.9, summary
+    assert report["median_iou"]["vehicle"] >= 0.80, summary
+    assert report["median_iou"]["boat"] >= 0.85, summary
+    assert report["median_iou"]["building"] >= 0.93, summary
+    # fails if the input size were ignored: the default's outlines are measurably coarser
+    default = scene_report(segment_small[1], truth, tif, "segment")
+    assert report["median_iou"]["vehicle"] > default["median_iou"]["vehicle"] + 0.005, (summary, default["median_iou"])
 
 
 def test_holes_come_out_as_holes(segment_small, large_scene, tmp_path):
