@@ -71,18 +71,20 @@ def test_every_output_geometry_is_valid_in_geojson_and_pixel_space(task, small_s
     assert shapely.is_valid(result.detections.geometries()).all()
 
 
+def check_small_object_outlines(report: dict, vehicle_iou: float) -> None:
+    """Precision and recall >= 0.9 and issue 8's median polygon IoU per class (vehicles at `vehicle_iou`)."""
+    summary = {k: f"{v} median IoU {report['median_iou'][k]:.3f}" for k, v in report["scores"].items()}
+    assert report["scores"]["all"].precision >= 0.9 and report["scores"]["all"].recall >= 0.9, summary
+    for name, bar in (("vehicle", vehicle_iou), ("boat", 0.85), ("building", 0.93)):
+        assert report["median_iou"][name] >= bar, (name, summary)
+
+
 def test_segment_outlines_fit_small_objects(small_scene, segment_small):
     """Outlines follow the objects, not the pixel centres: median polygon IoU against the exact truth."""
     tif, truth = small_scene
-    _, out = segment_small
-    report = scene_report(out, truth, tif, "segment")
-    summary = {k: f"{v} median IoU {report['median_iou'][k]:.3f}" for k, v in report["scores"].items()}
-    assert report["scores"]["all"].precision >= 0.9 and report["scores"]["all"].recall >= 0.9, summary
     # issue 8 asks 0.80 for vehicles: 0.794 here at the default input size (0.735 with Ultralytics' own
     # outlines of the first model), guarded at the level reached; met at 384 px input (the next test)
-    assert report["median_iou"]["vehicle"] >= 0.79, summary
-    assert report["median_iou"]["boat"] >= 0.85, summary
-    assert report["median_iou"]["building"] >= 0.93, summary
+    check_small_object_outlines(scene_report(segment_small[1], truth, tif, "segment"), vehicle_iou=0.79)
 
 
 def test_small_object_outlines_at_a_larger_model_input(small_scene, segment_small, tmp_path):
@@ -94,14 +96,11 @@ def test_small_object_outlines_at_a_larger_model_input(small_scene, segment_smal
     result = TileJob(tif, MODELS / "tiler-segment.pt", out=out, imgsz=384, **JOB).run()
     assert len(check_geojson_geometries(out)) == len(result)
     report = scene_report(out, truth, tif, "segment")
-    summary = {k: f"{v} median IoU {report['median_iou'][k]:.3f}" for k, v in report["scores"].items()}
-    assert report["scores"]["all"].precision >= 0.9 and report["scores"]["all"].recall >= 0.9, summary
-    assert report["median_iou"]["vehicle"] >= 0.80, summary
-    assert report["median_iou"]["boat"] >= 0.85, summary
-    assert report["median_iou"]["building"] >= 0.93, summary
+    check_small_object_outlines(report, vehicle_iou=0.80)
     # fails if the input size were ignored: the default's outlines are measurably coarser
     default = scene_report(segment_small[1], truth, tif, "segment")
-    assert report["median_iou"]["vehicle"] > default["median_iou"]["vehicle"] + 0.005, (summary, default["median_iou"])
+    assert report["median_iou"]["vehicle"] > default["median_iou"]["vehicle"] + 0.005, \
+        (report["median_iou"], default["median_iou"])
 
 
 def test_holes_come_out_as_holes(segment_small, large_scene, tmp_path):
