@@ -83,24 +83,37 @@ def test_segment_outlines_fit_small_objects(small_scene, segment_small):
     """Outlines follow the objects, not the pixel centres: median polygon IoU against the exact truth."""
     tif, truth = small_scene
     # issue 8 asks 0.80 for vehicles: 0.794 here at the default input size (0.735 with Ultralytics' own
-    # outlines of the first model), guarded at the level reached; met at 384 px input (the next test)
+    # outlines of the first model), guarded at the level reached; met at 352 px input (the next test)
     check_small_object_outlines(scene_report(segment_small[1], truth, tif, "segment"), vehicle_iou=0.79)
 
 
 def test_small_object_outlines_at_a_larger_model_input(small_scene, segment_small, tmp_path):
-    """The same 320 px patches fed to the model at 384 px (README, "Outlines of small objects"): its
+    """The same 320 px patches fed to the model at 352 px (README, "Outlines of small objects"): its
     prototypes, a quarter of its input, are then finer on the ground, and vehicles (6-20 px) fit issue 8's
-    0.80. Measured here 0.805 against 0.794 at 320 px (0.808-0.820 on 14 other fresh scenes)."""
+    0.80. Measured here 0.819 against 0.794 at 320 px (0.801-0.812 on 16 other fresh scenes)."""
     tif, truth = small_scene
-    out = tmp_path / "segment384.geojson"
-    result = TileJob(tif, MODELS / "tiler-segment.pt", out=out, imgsz=384, **JOB).run()
+    out = tmp_path / "segment352.geojson"
+    result = TileJob(tif, MODELS / "tiler-segment.pt", out=out, imgsz=352, **JOB).run()
     assert len(check_geojson_geometries(out)) == len(result)
     report = scene_report(out, truth, tif, "segment")
     check_small_object_outlines(report, vehicle_iou=0.80)
     # fails if the input size were ignored: the default's outlines are measurably coarser
     default = scene_report(segment_small[1], truth, tif, "segment")
-    assert report["median_iou"]["vehicle"] > default["median_iou"]["vehicle"] + 0.005, \
+    assert report["median_iou"]["vehicle"] > default["median_iou"]["vehicle"] + 0.01, \
         (report["median_iou"], default["median_iou"])
+
+
+def test_large_objects_stay_whole_at_the_larger_model_input(large_scene, tmp_path):
+    """The setting of the test above with the coarse pass keeps issue 8's large-object bar: measured here 1.00
+    pieces per large building, median IoU 0.97 (1.07 pieces over 84 buildings of 14 fresh scenes)."""
+    tif, truth = large_scene
+    out = tmp_path / "large352.geojson"
+    TileJob(tif, MODELS / "tiler-segment.pt", out=out, imgsz=352, merge="union", coarse_factor=2, **JOB).run()
+    report = scene_report(out, truth, tif, "segment")
+    large = report["large"]
+    assert large["n"] >= 4 and large["recall"] == 1.0, large
+    assert large["mean_pieces"] <= 1.1 and large["median_iou"] >= 0.90, large
+    assert report["scores"]["all"].precision >= 0.9 and report["scores"]["all"].recall >= 0.9, report["scores"]
 
 
 def test_holes_come_out_as_holes(segment_small, large_scene, tmp_path):
