@@ -92,6 +92,14 @@ def raw(model: str, imgsz: int, batch: int, half: bool, device: str, iters: int 
     emit(step="raw", batch=batch, half=half, images_per_s=round(batch * iters / dt, 1))
 
 
+def grid_origins(size: int, patch: int):
+    """Top-left corners of the windows of `patch` px at 25 % overlap lying wholly in the square scene, row by row."""
+    import numpy as np
+
+    xs = np.arange(0, size - patch + 1, int(patch * 0.75))
+    return np.array([(x, y) for y in xs for x in xs])
+
+
 def patches_of(src_path: Path, patch: int, batch: int, n_batches: int):
     import numpy as np
 
@@ -99,8 +107,7 @@ def patches_of(src_path: Path, patch: int, batch: int, n_batches: int):
     from tiler.raster import RasterSource
 
     with RasterSource(str(src_path)) as src:
-        xs = np.arange(0, src.width - patch + 1, int(patch * 0.75))
-        origins = np.array([(x, y) for y in xs for x in xs])[: batch * n_batches]
+        origins = grid_origins(src.width, patch)[: batch * n_batches]
         t = time.perf_counter()
         out = []
         for b in range(n_batches):
@@ -124,8 +131,7 @@ def read_scaling(src_path: Path, patch: int, threads_list: list[int], chunk: int
     from tiler.raster import RasterSource, gdal_env
 
     with RasterSource(str(src_path)) as src:
-        xs = np.arange(0, src.width - patch + 1, int(patch * 0.75))
-        origins = np.array([(x, y) for y in xs for x in xs])
+        origins = grid_origins(src.width, patch)
         runs = [(lo, min(lo + chunk, len(origins))) for lo in range(0, len(origins), chunk)]
         for threads in threads_list:
             local = threading.local()
