@@ -1,6 +1,6 @@
-"""Inference backends side by side: torch (.pt) against its OpenVINO and ONNX Runtime exports.
+"""Inference backends side by side: torch (.pt) against its OpenVINO (fp32 and int8) and ONNX Runtime exports.
 
-    .venv/bin/python bench/bench_backends.py [--reps 5] [--backends torch,openvino,onnx]
+    .venv/bin/python bench/bench_backends.py [--reps 5] [--backends torch,openvino,openvino-int8,onnx]
 
 1. Predict time per patch through tiler's Predictor (letterbox, forward, NMS, results), model loaded and
    warmed up, the backends interleaved `--reps` rounds, medians: the project's three models on 32 patches of
@@ -10,7 +10,8 @@
 3. A whole job per backend (export already cached): a 4096 x 4096 generated scene, tiler-obb at 320 px, local
    runner, interleaved `--reps` rounds, medians of the job's own seconds (imports and start-up excluded).
 4. The one-time export, per backend and model (into an empty cache), in the first table's last column.
-Exports go to a temporary cache ($TILER_CACHE_DIR), so every run measures them afresh.
+Exports go to a temporary cache ($TILER_CACHE_DIR), so every run measures them afresh. openvino-int8 is
+calibrated on the very patches it is timed on in (1), and on the job's own windows in (2) and (3), as jobs do.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def per_patch(cases, backends: list[str], reps: int) -> list[dict]:
         predictors, export_s = {}, {}
         for b in backends:
             t = time.perf_counter()
-            predictors[b] = Predictor(str(model), imgsz=imgsz, backend="auto" if b == "torch" else b, batch=batch)
+            predictors[b] = Predictor(str(model), imgsz=imgsz, backend="auto" if b == "torch" else b, batch=batch,
+                                      calibration=patches if b == "openvino-int8" else None)
             export_s[b] = time.perf_counter() - t
             predictors[b].predict(patches[:batch])  # warm-up
         times = {b: [] for b in backends}
@@ -125,7 +127,7 @@ def whole_jobs(backends: list[str], reps: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--backends", default="torch,openvino,onnx")
+    ap.add_argument("--backends", default="torch,openvino,openvino-int8,onnx")
     args = ap.parse_args()
     backends = args.backends.split(",")
     os.environ["TILER_CACHE_DIR"] = tempfile.mkdtemp(prefix="tiler-bench-cache-")

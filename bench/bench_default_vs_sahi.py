@@ -3,7 +3,7 @@
 and the job's time over the model's pure forward pass on the same patches (issue 10, part 7).
 
     .venv/bin/pip install --no-deps 'sahi==0.12.8' fire termcolor   # not its GUI opencv-python
-    .venv/bin/python bench/bench_default_vs_sahi.py [--repeat 3] [--size 8192]
+    .venv/bin/python bench/bench_default_vs_sahi.py [--repeat 3] [--size 8192] [--also-backend openvino-int8]
 
 Cases (same model, patch, overlap 0.25 and conf 0.25 for both engines; SAHI merges with IoS 0.5 per class,
 as tiler does):
@@ -15,7 +15,8 @@ children of a small wrapper process that only starts the run). The engines alter
 `--repeat` runs are compared. "forward" is the model's forward pass alone (no letterbox, NMS, reads, merge or
 writing) over the job's own patches in the job's own batches, timed in a separate process with tiler's
 default threads and memory format; the job time is the one `tiler predict` reports (start-up excluded), the
-process time everything from exec to exit.
+process time everything from exec to exit. `--also-backend B` adds `tiler predict --backend B` (and its own
+forward pass) to the rounds, after one run not counted that fills the export cache (its time is printed).
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     return res["wall"], res["rss"], res["out"]
 
 
-def tiler_run(image: Path, model: Path, patch: int, out: Path) -> dict:
+def tiler_run(image: Path, model: Path, patch: int, out: Path, backend: str | None = None) -> dict:
     cmd = [str(TILER), "predict", str(image), "--model", str(model), "--patch-size", str(patch), "--overlap", "0.25",
            "--conf", "0.25", "--out", str(out), "--no-progress", "--report", str(out.with_suffix(".report.json"))]
+    if backend:
+        cmd += ["--backend", backend]
     wall, rss, stdout = run_measured(cmd)
     stats = json.loads(out.with_suffix(".report.json").read_text())["stats"]
     sec = stats["seconds"]
@@ -105,16 +108,19 @@ def sahi_run(image: Path, model: Path, patch: int, out: Path) -> dict:
     return {"seconds": res["seconds"], "process_seconds": wall, "peak_rss_mb": rss, "objects": res["objects"]}
 
 
-def forward_child(image: str, model: str, patch: int) -> None:
-    """The forward pass alone over the job's patches, in the job's batches (tiler's defaults)."""
+def forward_child(image: str, model: str, patch: int, backend: str = "auto") -> None:
+    """The forward pass alone over the job's patches, in the job's batches (tiler's defaults; the model as a
+    job with `backend` loads it)."""
     sys.path.insert(0, str(REPO))
     import numpy as np
     import torch
 
     from tiler import pipeline
     from tiler.config import JobConfig
+    from tiler.frames import executor_config, plan_frames
 
-    cfg = JobConfig(source=image, model=model, patch_size=patch, overlap=0.25, conf=0.25)
+    cfg = JobConfig(source=image, model=model, patch_size=patch, overlap=0.25, conf=0.25, backend=backend)
+    cfg = executor_config(cfg, plan_frames(cfg, [image]))
     predictor = pipeline.make_predictor(cfg)
     ul = predictor._ul
     with pipeline.open_source(cfg) as src:
@@ -143,10 +149,12 @@ def main() -> int:
     ap.add_argument("--skip-mosaic", action="store_true")
     ap.add_argument("--skip-scene", action="store_true")
     ap.add_argument("--work", default=str(REPO / "out" / "bench"))
-    ap.add_argument("--forward-child", nargs=3, metavar=("IMAGE", "MODEL", "PATCH"))
+    ap.add_argument("--also-backend", metavar="B", help="also time `tiler predict --backend B`, and its forward pass")
+    ap.add_argument("--forward-child", nargs=4, metavar=("IMAGE", "MODEL", "PATCH", "BACKEND"))
     args = ap.parse_args()
     if args.forward_child:
-        forward_child(args.forward_child[0], args.forward_child[1], int(args.forward_child[2]))
+        image, model, patch, backend = args.forward_child
+        forward_child(image, model, int(patch), backend)
         return 0
     os.environ["YOLO_OFFLINE"] = "1"
     work = Path(args.work)
@@ -160,18 +168,26 @@ def main() -> int:
             subprocess.run([str(TILER), "synth", str(scene), "--size", f"{args.size}x{args.size}", "--seed", "77"],
                            check=True, capture_output=True)
         cases.append(("scene", scene, REPO / "models" / "tiler-obb.pt", 640 // 2))
+    engines = ["tiler", "sahi", "forward"]
+    if args.also_backend:
+        engines += ["tiler-" + args.also_backend, "forward-" + args.also_backend]
     for name, image, model, patch in cases:
-        runs: dict[str, list[dict]] = {"tiler": [], "sahi": [], "forward": []}
+        runs: dict[str, list[dict]] = {e: [] for e in engines}
+        if args.also_backend:  # fills the export cache, as a user's first job with that backend does
+            r = tiler_run(image, model, patch, work / f"default-{name}-first.json", args.also_backend)
+            print(name, f"first run with --backend {args.also_backend} (export cache filled)", json.dumps(r),
+                  flush=True)
         for k in range(args.repeat):
-            for engine in ("tiler", "sahi", "forward"):
+            for engine in engines:
                 out = work / f"default-{name}-{engine}.json"
-                if engine == "tiler":
-                    r = tiler_run(image, model, patch, out)
+                backend = engine.partition("-")[2] or None
+                if engine.startswith("tiler"):
+                    r = tiler_run(image, model, patch, out, backend)
                 elif engine == "sahi":
                     r = sahi_run(image, model, patch, out)
                 else:
                     _, _, stdout = run_measured([sys.executable, __file__, "--forward-child", str(image), str(model),
-                                                 str(patch)])
+                                                 str(patch), backend or "auto"])
                     r = json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
                 runs[engine].append(r)
                 print(name, engine, k + 1, json.dumps(r), flush=True)
@@ -185,12 +201,22 @@ def main() -> int:
               f"{t['process_seconds'] / s['process_seconds']:.2f}x, peak RSS {t['peak_rss_mb'] / s['peak_rss_mb']:.2f}x;"
               f" tiler job / forward {t['seconds'] / f['forward_seconds']:.2f} "
               f"(model load excluded {(t['seconds'] - t['load_model_seconds']) / f['forward_seconds']:.2f})", flush=True)
+        if args.also_backend:
+            b, fb = med["tiler-" + args.also_backend], med["forward-" + args.also_backend]
+            print(f"{name}: tiler --backend {args.also_backend} job {b['seconds']:.2f} s, process "
+                  f"{b['process_seconds']:.2f} s, peak {b['peak_rss_mb']:.0f} MB, forward alone "
+                  f"{fb['forward_seconds']:.2f} s; / SAHI: job {b['seconds'] / s['seconds']:.2f}x, peak RSS "
+                  f"{b['peak_rss_mb'] / s['peak_rss_mb']:.2f}x; / default tiler job {b['seconds'] / t['seconds']:.2f}x;"
+                  f" job / forward {b['seconds'] / fb['forward_seconds']:.2f}", flush=True)
         if name == "mosaic":
             import rasterio
 
             with rasterio.open(image) as ds:
                 hw = (ds.height, ds.width)
-            print(f"mosaic ships @IoU0.3: tiler {ship_f1(work / 'default-mosaic-tiler.json', hw)}", flush=True)
+            for engine in engines:
+                if engine.startswith("tiler"):
+                    print(f"mosaic ships @IoU0.3: {engine} {ship_f1(work / f'default-mosaic-{engine}.json', hw)}",
+                          flush=True)
     return 0
 
 

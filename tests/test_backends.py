@@ -158,13 +158,53 @@ def test_model_format_names():
         backends.model_format("model.tflite")
 
 
+def test_int8_backend_finds_the_labelled_objects_as_the_pt_does(cache, tmp_path):
+    """openvino-int8 quantises the model on the job's own windows, once: another network (int8 weights and
+    activations), so its detections are compared with the scene's labels, against the .pt's."""
+    from tiler.evaluate import score_scene
+
+    tif, truth = write_scene(SceneSpec(1600, 1600, seed=31), tmp_path / "scene.tif")
+    scores, results = {}, {}
+    for backend in ("auto", "openvino-int8"):
+        out = tmp_path / f"{backend}.geojson"
+        results[backend] = run(tif, MODELS / "tiler-obb.pt", backend=backend, out=out)
+        scores[backend] = score_scene(out, truth, tif, "obb")["all"]
+    ref, got = scores["auto"], scores["openvino-int8"]
+    assert ref.precision > 0.85 and ref.recall > 0.9, ref
+    assert abs(got.precision - ref.precision) <= 0.02 and abs(got.recall - ref.recall) <= 0.02, (ref, got)
+    assert results["openvino-int8"].stats.backend == "openvino-int8"
+    assert "quantize" in results["openvino-int8"].stats.seconds
+    # quantised once, on every window of the job (fewer than the 128 it takes at most)
+    folder, = (p for p in cache.glob("exports/tiler-obb-*-openvino-int8-320px-b16-cal*") if p.is_dir())
+    record = json.loads((folder / "tiler-export.json").read_text())
+    assert record["calibration_patches"] == results["auto"].stats.windows_run < 128
+    assert record["backend"] == "openvino-int8"
+    stamp = (folder / "tiler-export.json").stat().st_mtime_ns
+    again = run(tif, MODELS / "tiler-obb.pt", backend="openvino-int8", out=tmp_path / "again.geojson")
+    assert (folder / "tiler-export.json").stat().st_mtime_ns == stamp  # the cached model, not quantised again
+    assert np.array_equal(again.detections.coords, results["openvino-int8"].detections.coords)
+    # the export, copied anywhere, is known for what it is
+    copy = tmp_path / "copy_openvino_model"
+    shutil.copytree(folder / record["artifact"], copy)
+    assert backends.model_backend(copy) == "openvino-int8" and backends.model_format(copy) == "openvino"
+    assert not list(cache.glob("exports/.export-*"))
+
+
+def test_int8_predictor_needs_calibration_patches(cache):
+    with pytest.raises(ModelError, match="openvino-int8 backend quantises the model on calibration patches"):
+        Predictor(MODELS / "tiler-detect.pt", imgsz=320, backend="openvino-int8")
+    with pytest.raises(ModelError, match="one or more RGB uint8"):
+        Predictor(MODELS / "tiler-detect.pt", imgsz=320, backend="openvino-int8",
+                  calibration=[np.zeros((320, 320), np.uint8)])
+
+
 @pytest.mark.skipif(not DOTA_MODEL.exists() or not P0706.exists(), reason="../shared absent")
-def test_dota_ship_f1_of_openvino_within_half_a_point_of_the_pt(cache):
+def test_dota_ship_f1_of_each_cpu_backend_within_half_a_point_of_the_pt(cache):
     from tiler.evaluate import match, read_dota_labels
 
     names, truth, _ = read_dota_labels(P0706.with_suffix(".txt"))
     f1 = {}
-    for backend in ("auto", "openvino"):
+    for backend in ("auto", "openvino", "openvino-int8", "onnx"):
         result = TileJob(P0706, DOTA_MODEL, patch_size=640, overlap=0.25, progress=False, runner="local",
                          backend=backend).run()
         d = result.detections
@@ -172,4 +212,5 @@ def test_dota_ship_f1_of_openvino_within_half_a_point_of_the_pt(cache):
         s = match(d.geometries()[ship], d.score[ship], truth[names == "ship"], iou_threshold=0.3)
         f1[backend] = 2 * s.precision * s.recall / (s.precision + s.recall)
     assert f1["auto"] > 0.9
-    assert abs(f1["openvino"] - f1["auto"]) <= 0.005, f1
+    for backend in ("openvino", "openvino-int8", "onnx"):
+        assert abs(f1[backend] - f1["auto"]) <= 0.005, f1

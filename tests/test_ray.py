@@ -31,9 +31,17 @@ pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    # head + two workers, one with a fake GPU: Ray schedules by the resource, CUDA is absent
-    yield from ray_cluster(2, {"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 1})
+def cluster(tmp_path_factory):
+    # head + two workers, one with a fake GPU: Ray schedules by the resource, CUDA is absent. The cluster's
+    # processes have an export cache of their own, as on other machines (this process's is not changed).
+    node_cache = tmp_path_factory.mktemp("node-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TILER_CACHE_DIR", str(node_cache))
+        nodes = ray_cluster(2, {"num_cpus": 1}, {"num_cpus": 1, "num_gpus": 1})
+        started = next(nodes)
+    started.tiler_node_cache = node_cache
+    yield started
+    next(nodes, None)  # stops the cluster
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +126,21 @@ def test_coarse_pass_ray_equals_local(cluster, tmp_path):
     assert local.stats.windows_planned == remote.stats.windows_planned == fine_windows + 1
     windows = [f["properties"]["window"] for f in json.loads((tmp_path / "ray.geojson").read_text())["features"]]
     assert fine_windows in windows  # the large building (508 px across) comes from the coarse window
+
+
+def test_int8_backend_ray_equals_local(cluster, scene, tmp_path, monkeypatch):
+    """The driver quantises the model once, on the job's windows, and ships it to the actors, which put it in
+    their node's own export cache and load it from there (they have no calibration patches to make it)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TILER_CACHE_DIR", str(cache))
+    local, remote = run_both(tmp_path, scene, REPO / "models" / "tiler-obb.pt", patch_size=320, overlap=0.25,
+                             backend="openvino-int8")
+    assert remote.stats.backend == local.stats.backend == "openvino-int8"
+    assert len(local) > 30
+    assert features(tmp_path / "ray.geojson") == features(tmp_path / "local.geojson")
+    made, = (p for p in cache.glob("exports/*-openvino-int8-*") if p.is_dir())
+    shipped, = (p for p in cluster.tiler_node_cache.glob("exports/*-openvino-int8-*") if p.is_dir())
+    assert shipped.name == made.name
+    files = sorted(f.relative_to(made) for f in made.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(shipped) for f in shipped.rglob("*") if f.is_file())
+    assert all((made / f).read_bytes() == (shipped / f).read_bytes() for f in files if f.name != "tiler-export.json")

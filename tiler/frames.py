@@ -12,9 +12,9 @@ import numpy as np
 from .checkpoint import WorkDir
 from .config import JobConfig
 from .detections import Detections
-from .errors import RasterError
+from .errors import ModelError, RasterError
 from .pipeline import (BatchResult, BatchSpec, CoarsePass, WindowPlan, batch_specs, coarse_pass, frame_patch_size,
-                       frame_read_size, merge, open_source, plan)
+                       frame_read_size, merge, open_source, plan, read_patches)
 from .raster import RasterSource, gdal_env
 from .result import JobStats, class_counts
 
@@ -130,6 +130,47 @@ def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
         first = next(f for f in frames if not f.ok)
         raise RasterError(f"none of the {len(frames)} frames could be read (first: {first.error})")
     return frames
+
+
+def calibration_patches(frames: list[Frame], n: int) -> list[np.ndarray]:
+    """Up to `n` patches of the job's fine-pass windows, spread evenly over every window of every readable frame
+    (in job order), read as the job reads them: what an int8 model is calibrated on (model/quantize.py). The
+    same frames always give the same patches."""
+    ok = [f for f in frames if f.ok]
+    counts = np.array([len(f.plan.window_ids) for f in ok], dtype=np.int64)
+    if counts.sum() == 0:
+        return []
+    picks = np.unique(np.linspace(0, counts.sum() - 1, min(n, int(counts.sum()))).round().astype(np.int64))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    patches = []
+    for f, start, count in zip(ok, starts, counts):
+        local = picks[(picks >= start) & (picks < start + count)] - start
+        if len(local):
+            source = f.source.reopened()
+            try:
+                with gdal_env(source, f.patch_size[1]):
+                    patches += list(read_patches(source, f.patch_size, f.plan.origins[local],
+                                                 f.plan.window_ids[local], f.read_size))
+            finally:
+                source.close()
+    return patches
+
+
+def executor_config(cfg: JobConfig, frames: list[Frame], on_build=None) -> JobConfig:
+    """The configuration the executors load the model from: `cfg` itself, or, for the `openvino-int8` backend
+    with a .pt model, `cfg` with the model replaced by its int8 export, quantised here once on patches of the
+    job's own frames (`on_build` is called first when that takes a while), so that every Ray actor loads
+    that one file."""
+    from .model import backends, quantize
+
+    if cfg.backend != "openvino-int8" or backends.model_format(cfg.model) != "torch":
+        return cfg
+    patches = calibration_patches(frames, quantize.CALIBRATION_PATCHES)
+    if not patches:
+        raise ModelError("the openvino-int8 backend calibrates on the job's windows, and this job has none with "
+                         "data")
+    model = quantize.quantized_model(cfg.model, cfg.model_imgsz, cfg.batch_size, patches, on_build)
+    return cfg.replace(model=str(model), backend="auto")
 
 
 class FrameAssembler:

@@ -22,7 +22,7 @@ from .checkpoint import WorkDir, default_work_dir, frame_identity
 from .config import JobConfig
 from .detections import Detections
 from .errors import ConfigError, TilerError
-from .frames import Frame, FrameAssembler, plan_frames
+from .frames import Frame, FrameAssembler, executor_config, plan_frames
 from .io.survey import expand_inputs
 from .result import JobResult, JobStats, SurveyResult, class_counts
 
@@ -76,9 +76,18 @@ def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None]
         from .runners.ray import RayExecutor as Executor
     else:
         from .runners.local import LocalExecutor as Executor
+    def quantising() -> None:
+        if cfg.progress:
+            print("tiler: quantising the model to int8 on patches of this job (once: the result is cached)",
+                  file=sys.stderr)
+
+    t = time.perf_counter()
+    exec_cfg = executor_config(cfg, frames, on_build=quantising)  # the model file every executor loads
+    if exec_cfg is not cfg:
+        stats.add_time("quantize", time.perf_counter() - t)
     work: WorkDir | None = None
     try:
-        with Executor(cfg, [f for f in frames if f.ok], stats) as executor:
+        with Executor(exec_cfg, [f for f in frames if f.ok], stats) as executor:
             names, task = executor.names, executor.task
             work = _open_work_dir(cfg, uris, single, executor.model_threads)
             assembler = FrameAssembler(cfg, frames, names, task, work, stats)

@@ -94,22 +94,24 @@ class Predictor:
     `window` field is the patch's position in the batch. `model` is a local .pt path or a loaded Ultralytics
     model; `extra_args` are further Ultralytics predict arguments. Segmentation outlines are exact (see masks.py):
     `simplify` is their tolerance in pixels, `largest_part` keeps one polygon per object, and `keep_masks`
-    attaches each object's bitmap (crop and offset) to the detections.
+    attaches each object's bitmap (crop and offset) to the detections. `backend` other than auto exports a
+    .pt model to that runtime first (backends.py); `openvino-int8` quantises it on `calibration`, RGB uint8
+    patches like those it will predict (a job takes them from its own windows).
     """
 
     def __init__(self, model, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
                  classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
                  threads: int | None = None, half: bool = False, simplify: float = 0.0,
                  largest_part: bool = False, keep_masks: bool = False, extra_args: dict | None = None,
-                 backend: str = "auto", batch: int = 16):
+                 backend: str = "auto", batch: int = 16, calibration: list[np.ndarray] | None = None):
         self.device = resolve_device(device)
         # a path is loaded here (exported first when `backend` asks for another runtime than the file's);
         # an Ultralytics model object (YOLO, RTDETR, FastSAM) is used as it is
         if isinstance(model, (str, os.PathLike)):
-            model = load_model(self._model_file(model, backend, imgsz, batch, half))
+            model = load_model(self._model_file(model, backend, imgsz, batch, half, calibration))
         self.model = checked_model(model)
         # an export keeps its path as `model.model`; a .pt its torch module
-        self.backend = backends.model_format(self.model.model) \
+        self.backend = backends.model_backend(self.model.model) \
             if isinstance(self.model.model, (str, os.PathLike)) else "torch"
         self.task: str = self.model.task
         export_meta = _ultralytics.export_metadata(self.model.model) if self.backend != "torch" else None
@@ -137,9 +139,9 @@ class Predictor:
             if unknown:
                 raise ModelError(f"class id(s) {unknown} not in model (it has {len(self.names)} classes)")
 
-    def _model_file(self, path, backend: str, imgsz: int, batch: int, half: bool):
+    def _model_file(self, path, backend: str, imgsz: int, batch: int, half: bool, calibration):
         """The file to load: `path` itself, or its cached export when `backend` names another runtime."""
-        fmt = backends.model_format(path) if Path(path).exists() else "torch"
+        fmt = backends.model_backend(path) if Path(path).exists() else "torch"
         if backend in ("auto", fmt):
             return path
         if backend not in backends.BACKENDS:
@@ -148,6 +150,14 @@ class Predictor:
             raise ModelError(f"model {path} is a {fmt} export; the {backend} backend exports from the .pt model")
         if not Path(path).is_file():
             raise ModelError(f"model file not found: {path}")
+        if backend == "openvino-int8":
+            if calibration is None:
+                raise ModelError("the openvino-int8 backend quantises the model on calibration patches: pass "
+                                 "calibration=[(h, w, 3) uint8 patches], or run a job, which takes them from its "
+                                 "own windows")
+            from .quantize import quantized_model
+
+            return quantized_model(path, imgsz, batch, calibration)
         return backends.exported_model(path, backend, imgsz, batch, half and self.device != "cpu", self.device)
 
     def batch_buffer(self, n: int, height: int, width: int) -> np.ndarray:

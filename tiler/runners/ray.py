@@ -94,10 +94,15 @@ def read_windows(batch: dict[str, np.ndarray], cfg: JobConfig, sources: dict[int
 class PredictActor:
     """Ray Data actor: loads the model once, predicts one model batch of patches into global detections."""
 
-    def __init__(self, cfg: JobConfig):
+    def __init__(self, cfg: JobConfig, packed_model: tuple | None = None):
         _crash_once(CRASH_INIT_ONCE_ENV)
+        changes = {"threads": _actor_threads(cfg)}
+        if packed_model is not None:  # the driver's int8 model: into this node's export cache, and loaded from there
+            from ..model import backends
+
+            changes["model"] = str(backends.unpacked_export(packed_model))
         # A GPU-less node still gets a working actor: device "auto" (the default) falls back to CPU.
-        self.cfg = cfg.replace(threads=_actor_threads(cfg))
+        self.cfg = cfg.replace(**changes)
         self.predictor = make_predictor(self.cfg)
         import ray
 
@@ -148,13 +153,14 @@ def _actor_threads(cfg: JobConfig) -> int:
     return cfg.threads or max(1, int(cfg.cpus_per_worker))
 
 
-def _actor_class(cfg: JobConfig) -> type:
-    """PredictActor bound to this job's config. The config travels with the class definition rather than as
-    constructor arguments in the object store, which a restarted actor could find gone."""
+def _actor_class(cfg: JobConfig, packed_model: tuple | None = None) -> type:
+    """PredictActor bound to this job's config (and model files, where the driver made them: see
+    `backends.packed_export`). They travel with the class definition rather than as constructor arguments in
+    the object store, which a restarted actor could find gone."""
 
     class JobPredictActor(PredictActor):
         def __init__(self):
-            super().__init__(cfg)
+            super().__init__(cfg, packed_model)
 
     return JobPredictActor
 
@@ -266,7 +272,9 @@ class RayExecutor:
         probe = load_model(cfg.model)
         self.names, self.task = dict(probe.names), probe.task
         del probe
-        stats.backend = backends.model_format(cfg.model) if cfg.backend == "auto" else cfg.backend
+        stats.backend = backends.model_backend(cfg.model) if cfg.backend == "auto" else cfg.backend
+        # an export the driver made that a node cannot make itself (int8: quantised on the driver's patches)
+        self.packed_model = backends.packed_export(cfg.model) if cfg.backend == "auto" else None
         if cfg.backend in ("openvino", "onnx", "torchscript") and backends.model_format(cfg.model) == "torch":
             # exported once here, under the cache's lock, so actors on this machine load it instead of each
             backends.exported_model(cfg.model, cfg.backend, cfg.model_imgsz, cfg.batch_size)
@@ -323,7 +331,7 @@ class RayExecutor:
             ds = ds.map_batches(read_windows, fn_kwargs={"cfg": cfg, "sources": self.sources}, batch_size=per_task,
                                 num_cpus=1)
             hooks = {k: os.environ[k] for k in (CRASH_ONCE_ENV, CRASH_INIT_ONCE_ENV) if k in os.environ}
-            ds = ds.map_batches(_actor_class(cfg), batch_size=1, num_gpus=self.gpu_each,
+            ds = ds.map_batches(_actor_class(cfg, self.packed_model), batch_size=1, num_gpus=self.gpu_each,
                                 num_cpus=cfg.cpus_per_worker,
                                 compute=ray.data.ActorPoolStrategy(min_size=self.min_actors, max_size=self.max_actors),
                                 runtime_env={"env_vars": hooks} if hooks else None)
