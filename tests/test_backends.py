@@ -190,6 +190,30 @@ def test_int8_backend_finds_the_labelled_objects_as_the_pt_does(cache, tmp_path)
     assert not list(cache.glob("exports/.export-*"))
 
 
+def test_int8_calibration_patches_spread_over_every_frame_of_a_survey(tmp_path):
+    from tiler.config import JobConfig
+    from tiler.frames import calibration_patches, plan_frames
+    from tiler.pipeline import read_patches
+
+    uris = [str(write_scene(SceneSpec(960, 960, seed=40 + k), tmp_path / f"f{k}.tif")[0]) for k in range(2)]
+    cfg = JobConfig(source=uris, model=str(MODELS / "tiler-obb.pt"), patch_size=320, overlap=0.25)
+    frames = plan_frames(cfg, uris)
+    per_frame = [len(f.plan.window_ids) for f in frames]
+    assert per_frame == [16, 16]
+    patches = calibration_patches(frames, 8)
+    assert len(patches) == 8
+    # evenly over the job's 32 windows in job order: every 4th or 5th, so 4 from each frame
+    picks = np.linspace(0, 31, 8).round().astype(int)
+    expected = []
+    for f, first in zip(frames, (0, 16)):
+        local = picks[(picks >= first) & (picks < first + 16)] - first
+        src = f.source.reopened()
+        expected += list(read_patches(src, f.patch_size, f.plan.origins[local], f.plan.window_ids[local]))
+        src.close()
+    assert all(np.array_equal(a, b) for a, b in zip(patches, expected))
+    assert len(calibration_patches(frames, 128)) == 32  # never more than the job has
+
+
 def test_int8_predictor_needs_calibration_patches(cache):
     with pytest.raises(ModelError, match="openvino-int8 backend quantises the model on calibration patches"):
         Predictor(MODELS / "tiler-detect.pt", imgsz=320, backend="openvino-int8")

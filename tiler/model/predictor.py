@@ -142,7 +142,7 @@ class Predictor:
     def _model_file(self, path, backend: str, imgsz: int, batch: int, half: bool, calibration):
         """The file to load: `path` itself, or its cached export when `backend` names another runtime."""
         fmt = backends.model_backend(path) if Path(path).exists() else "torch"
-        if backend in ("auto", fmt):
+        if backend in ("auto", fmt) or (backend, fmt) == ("openvino", "openvino-int8"):
             return path
         if backend not in backends.BACKENDS:
             raise ModelError(f"backend must be auto or one of {', '.join(backends.BACKENDS)}, got {backend!r}")
