@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -156,7 +156,8 @@ def calibration_patches(frames: list[Frame], n: int) -> list[np.ndarray]:
     return patches
 
 
-def executor_config(cfg: JobConfig, frames: list[Frame], on_build=None) -> JobConfig:
+def executor_config(cfg: JobConfig, frames: list[Frame], on_build: Callable[[], None] | None = None
+                    ) -> JobConfig:
     """The configuration the executors load the model from: `cfg` itself, or, for the `openvino-int8` backend
     with a .pt model, `cfg` with the model replaced by its int8 export, quantised here once on patches of the
     job's own frames (`on_build` is called first when that takes a while), so that every Ray actor loads

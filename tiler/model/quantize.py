@@ -7,8 +7,8 @@ of vehicle recall and 0.04 of box IoU on the project's OBB model; with it left i
 a point of the `.pt`'s (bench/README.md, "Inference backends").
 
 A quantised model depends on its calibration patches, so the cache key holds their digest: the same job run
-again (or resumed, or run by every Ray actor on the machine) finds the same export; another raster makes
-another one (11-20 s here, once)."""
+again (or resumed) finds the same export; another raster makes another one (11-20 s here, once). Ray actors
+on other nodes get the driver's (backends.packed_export)."""
 
 from __future__ import annotations
 
@@ -80,22 +80,14 @@ def _quantize(pt: Path, fp32: Path, inputs: list[np.ndarray], out: Path) -> None
     import nncf
     import openvino as ov
     import yaml
+    from ultralytics.nn.modules import Detect, RTDETRDecoder
 
     from .predictor import load_model
 
     head = load_model(pt).model.model[-1]
-    core = ov.Core()
-    model = core.read_model(next(fp32.glob("*.xml")))
-    ignored = None
-    from ultralytics.nn.modules import Detect, RTDETRDecoder
-
-    if isinstance(head, (Detect, RTDETRDecoder)):  # the same choice as Ultralytics' int8 export
-        ops = model.get_ordered_ops()
-        sigmoids = [op.get_friendly_name() for op in ops if op.get_type_name() == "Sigmoid"]
-        scope = sigmoids[-1].split("/", 1)[0] if sigmoids else None
-        ignored = nncf.IgnoredScope(names=[op.get_friendly_name() for op in ops if op.get_type_name() == "Sigmoid"
-                                           or (scope and op.get_friendly_name().startswith((f"{scope}/",
-                                                                                            f"{scope}.dfl")))])
+    model = ov.Core().read_model(next(fp32.glob("*.xml")))
+    # the same choice as Ultralytics' int8 export: a detection head's decoding stays in float
+    ignored = nncf.IgnoredScope(names=_decoding_ops(model)) if isinstance(head, (Detect, RTDETRDecoder)) else None
     nncf.set_log_level(logging.ERROR)
     try:
         # its progress bars write to stdout, where a job may be writing its output
@@ -111,3 +103,15 @@ def _quantize(pt: Path, fp32: Path, inputs: list[np.ndarray], out: Path) -> None
     meta = yaml.safe_load((fp32 / "metadata.yaml").read_text())
     meta.setdefault("args", {})["int8"] = True  # as Ultralytics' own int8 export records it
     (out / "metadata.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def _decoding_ops(model) -> list[str]:
+    """The names of the OpenVINO ops Ultralytics' int8 export leaves in float: every sigmoid, and the head's own
+    operations (box decoding, concatenations) and DFL, the head being the scope of the last sigmoid."""
+    ops = model.get_ordered_ops()
+    sigmoids = [op.get_friendly_name() for op in ops if op.get_type_name() == "Sigmoid"]
+    if not sigmoids:
+        return []
+    scope = sigmoids[-1].split("/", 1)[0]
+    return sigmoids + [op.get_friendly_name() for op in ops if op.get_type_name() != "Sigmoid"
+                       and op.get_friendly_name().startswith((f"{scope}/", f"{scope}.dfl"))]
