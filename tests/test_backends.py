@@ -82,6 +82,7 @@ def test_export_is_cached_and_reused(cache, scene):
     p = Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="openvino", batch=16)
     assert p.backend == "openvino"
     assert (folder / "tiler-export.json").stat().st_mtime_ns == stamp  # not exported again
+    assert list((cache / "openvino-compiled").glob("*.blob"))  # nor compiled again: OpenVINO's compile cache
     # another batch size is another export (exports have a fixed batch)
     Predictor(MODELS / "tiler-obb.pt", imgsz=320, backend="openvino", batch=4)
     assert len([p for p in cache.glob("exports/tiler-obb-*-openvino-320px-*") if p.is_dir()]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -132,7 +133,9 @@ class Predictor:
         # the biases its training labels taught the model, from how its masks were trained
         self.mask_inset = training_dilation(_ultralytics.mask_ratio(self.model, export_meta)) \
             if self.task == "segment" else 0.0
-        self._ul = _ultralytics.setup_predictor(self.model, self.args)
+        with (_ultralytics.openvino_compile_cache(backends.cache_dir().parent / "openvino-compiled")
+              if self.backend.startswith("openvino") else contextlib.nullcontext()):
+            self._ul = _ultralytics.setup_predictor(self.model, self.args)  # the model is compiled and loaded here
         self.names: dict[int, str] = dict(self._ul.model.names)
         if classes is not None:
             unknown = [c for c in classes if c not in self.names]
