@@ -244,19 +244,8 @@ def test_a_job_stopped_by_an_error_leaves_no_reader_thread(survey, tmp_path):
     assert not (tmp_path / "stopped.geojson").exists()
 
 
-@pytest.mark.parametrize("runner", ["local", "ray"])
-def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(survey, tmp_path, runner):
-    out = tmp_path / "killed.geojson"
-    work = tmp_path / "killed.geojson.tiler-work"
-    reference = survey["out"]
-    args = [str(survey["root"] / "frames"), "--out", out, *CLI_PARAMS, "--runner", runner]
-    if runner == "ray":
-        # Ray hands results over a block (several batches) at a time: smaller batches, so the kill falls mid-survey,
-        # and the reference is an uninterrupted in-process run with those batches and the actor's one thread
-        # (torch's sums depend on the thread count: a resume must keep it, and it is in the fingerprint)
-        args += ["--batch-size", "4"]
-        reference = tmp_path / "clean.geojson"
-        _tiler(str(survey["root"] / "frames"), "--out", reference, *CLI_PARAMS, "--batch-size", "4", "--threads", "1")
+def _killed_after_two_frames(args: list, out: Path, work: Path) -> int:
+    """Run `tiler predict *args`, SIGKILL it once two frames are checkpointed in `work`; the frames it checkpointed."""
     driver = subprocess.Popen([TILER, "predict", *map(str, args)], env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -271,7 +260,23 @@ def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(su
             driver.kill()
             driver.wait()
     assert not out.exists()  # nothing where the finished output will be
-    done_frames = len(list(work.glob("frames/*.npz")))
+    return len(list(work.glob("frames/*.npz")))
+
+
+@pytest.mark.parametrize("runner", ["local", "ray"])
+def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(survey, tmp_path, runner):
+    out = tmp_path / "killed.geojson"
+    work = tmp_path / "killed.geojson.tiler-work"
+    reference = survey["out"]
+    args = [str(survey["root"] / "frames"), "--out", out, *CLI_PARAMS, "--runner", runner]
+    if runner == "ray":
+        # Ray hands results over a block (several batches) at a time: smaller batches, so the kill falls mid-survey,
+        # and the reference is an uninterrupted in-process run with those batches and the actor's one thread
+        # (torch's sums depend on the thread count: a resume must keep it, and it is in the fingerprint)
+        args += ["--batch-size", "4"]
+        reference = tmp_path / "clean.geojson"
+        _tiler(str(survey["root"] / "frames"), "--out", reference, *CLI_PARAMS, "--batch-size", "4", "--threads", "1")
+    done_frames = _killed_after_two_frames(args, out, work)
     assert 2 <= done_frames < 9
     proc = _tiler(*args, "--resume", "--report", tmp_path / "report.json")
     report = json.loads((tmp_path / "report.json").read_text())["stats"]
@@ -282,6 +287,25 @@ def test_sigkilled_survey_resumes_to_identical_output_computing_fewer_windows(su
     assert report["windows_run"] <= 144 - 16 * done_frames
     assert "resumed from checkpoints" in proc.stdout
     assert not work.exists()  # removed after success
+
+
+def test_sigkilled_int8_survey_resumes_to_identical_output(survey, tmp_path, monkeypatch):
+    """An int8 job calibrates on the same windows of the same frames every time, so the killed run and its
+    resume find the model an uninterrupted run quantised, and the output is that run's."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TILER_CACHE_DIR", str(cache))
+    frames = str(survey["root"] / "frames")
+    reference = tmp_path / "clean.geojson"
+    _tiler(frames, "--out", reference, *CLI_PARAMS, "--backend", "openvino-int8")
+    model, = (p for p in cache.glob("exports/*-openvino-int8-*") if p.is_dir())
+    stamp = (model / "tiler-export.json").stat().st_mtime_ns
+    out, work = tmp_path / "killed.geojson", tmp_path / "killed.geojson.tiler-work"
+    args = [frames, "--out", out, *CLI_PARAMS, "--backend", "openvino-int8"]
+    assert 2 <= _killed_after_two_frames(args, out, work) < 9
+    _tiler(*args, "--resume")
+    assert _features(out) == _features(reference)
+    assert [p for p in cache.glob("exports/*-openvino-int8-*") if p.is_dir()] == [model]
+    assert (model / "tiler-export.json").stat().st_mtime_ns == stamp  # never quantised again
 
 
 def test_resume_with_other_parameters_is_refused(survey, tmp_path):
