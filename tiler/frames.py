@@ -162,10 +162,12 @@ def executor_config(cfg: JobConfig, frames: list[Frame], on_build: Callable[[], 
     with a .pt model, `cfg` with the model replaced by its int8 export, quantised here once on patches of the
     job's own frames (`on_build` is called first when that takes a while), so that every Ray actor loads
     that one file."""
-    from .model import backends, quantize
+    from .model import backends
 
     if cfg.backend != "openvino-int8" or backends.model_format(cfg.model) != "torch":
         return cfg
+    from .model import quantize
+
     patches = calibration_patches(frames, quantize.CALIBRATION_PATCHES)
     if not patches:
         raise ModelError("the openvino-int8 backend calibrates on the job's windows, and this job has none with "

@@ -76,6 +76,7 @@ def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None]
         from .runners.ray import RayExecutor as Executor
     else:
         from .runners.local import LocalExecutor as Executor
+
     def quantising() -> None:
         if cfg.progress:
             print("tiler: quantising the model to int8 on patches of this job (once: the result is cached)",
