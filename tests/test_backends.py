@@ -215,6 +215,31 @@ def test_int8_calibration_patches_spread_over_every_frame_of_a_survey(tmp_path):
     assert len(calibration_patches(frames, 128)) == 32  # never more than the job has
 
 
+def test_int8_job_with_no_window_to_run_ends_as_a_torch_job_does(cache, tmp_path):
+    """An all-nodata raster has nothing to calibrate on, nor anything to predict: the same empty output as the
+    .pt's, and nothing quantised."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "empty.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=1000, height=800, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5)) as ds:
+        ds.write(np.zeros((3, 800, 1000), np.uint8))
+    before = set(cache.glob("exports/*"))
+    outs = {}
+    for backend in ("auto", "openvino-int8"):
+        outs[backend] = tmp_path / f"{backend}.geojson"
+        r = subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(tif), "--model",
+                            str(MODELS / "tiler-obb.pt"), "--patch-size", "320", "--backend", backend, "--out",
+                            str(outs[backend]), "--no-progress"], capture_output=True, text=True,
+                           env={**os.environ, "TILER_CACHE_DIR": str(cache)}, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        assert "0/12 windows run, 12 nodata skipped" in r.stdout + r.stderr
+    assert json.loads(outs["openvino-int8"].read_text()) == json.loads(outs["auto"].read_text())
+    assert json.loads(outs["auto"].read_text())["features"] == []
+    assert set(cache.glob("exports/*")) == before
+
+
 def test_int8_predictor_needs_calibration_patches(cache):
     with pytest.raises(ModelError, match="openvino-int8 backend quantises the model on calibration patches"):
         Predictor(MODELS / "tiler-detect.pt", imgsz=320, backend="openvino-int8")

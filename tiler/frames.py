@@ -12,7 +12,7 @@ import numpy as np
 from .checkpoint import WorkDir
 from .config import JobConfig
 from .detections import Detections
-from .errors import ModelError, RasterError
+from .errors import RasterError
 from .pipeline import (BatchResult, BatchSpec, CoarsePass, WindowPlan, batch_specs, coarse_pass, frame_patch_size,
                        frame_read_size, merge, open_source, plan, read_patches)
 from .raster import RasterSource, gdal_env
@@ -161,7 +161,7 @@ def executor_config(cfg: JobConfig, frames: list[Frame], on_build: Callable[[], 
     """The configuration the executors load the model from: `cfg` itself, or, for the `openvino-int8` backend
     with a .pt model, `cfg` with the model replaced by its int8 export, quantised here once on patches of the
     job's own frames (`on_build` is called first when that takes a while), so that every Ray actor loads
-    that one file."""
+    that one file. A job with no window to run loads the .pt as it is (torch): nothing to quantise or predict."""
     from .model import backends
 
     if cfg.backend != "openvino-int8" or backends.model_format(cfg.model) != "torch":
@@ -169,9 +169,8 @@ def executor_config(cfg: JobConfig, frames: list[Frame], on_build: Callable[[], 
     from .model import quantize
 
     patches = calibration_patches(frames, quantize.CALIBRATION_PATCHES)
-    if not patches:
-        raise ModelError("the openvino-int8 backend calibrates on the job's windows, and this job has none with "
-                         "data")
+    if not patches:  # no window to run (all nodata, or no frame readable): the model only names the classes
+        return cfg.replace(backend="auto")
     model = quantize.quantized_model(cfg.model, cfg.model_imgsz, cfg.batch_size, patches, on_build)
     return cfg.replace(model=str(model), backend="auto")
 
