@@ -101,7 +101,7 @@ def test_an_export_given_as_the_model_runs_with_the_task_from_its_metadata(cache
     assert np.array_equal(got.detections.coords, ref.detections.coords)
     with pytest.raises(ModelError, match="exported for 320x320 px input.*640 px"):
         Predictor(renamed, imgsz=640)
-    with pytest.raises(ModelError, match="openvino export; the onnx backend exports from the .pt"):
+    with pytest.raises(ModelError, match=r"already an export \(openvino\); the onnx backend exports from the .pt"):
         Predictor(renamed, imgsz=320, backend="onnx")
 
 

@@ -150,7 +150,8 @@ class Predictor:
         if backend not in backends.BACKENDS:
             raise ModelError(f"backend must be auto or one of {', '.join(backends.BACKENDS)}, got {backend!r}")
         if fmt != "torch":
-            raise ModelError(f"model {path} is a {fmt} export; the {backend} backend exports from the .pt model")
+            raise ModelError(f"model {path} is already an export ({fmt}); the {backend} backend exports from the "
+                             ".pt model")
         if not Path(path).is_file():
             raise ModelError(f"model file not found: {path}")
         if backend == "openvino-int8":
