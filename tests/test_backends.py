@@ -105,6 +105,40 @@ def test_an_export_given_as_the_model_runs_with_the_task_from_its_metadata(cache
         Predictor(renamed, imgsz=320, backend="onnx")
 
 
+def test_a_damaged_export_is_made_again_in_the_cache_and_a_one_line_error_given_as_the_model(cache, scene, tmp_path):
+    env = {**os.environ, "TILER_CACHE_DIR": str(cache)}
+
+    def cli(out):
+        return subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(scene), "--model",
+                               str(MODELS / "tiler-obb.pt"), "--patch-size", "320", "--backend", "openvino", "--out",
+                               str(out), "--no-progress"], capture_output=True, text=True, env=env, cwd=REPO)
+
+    r = cli(tmp_path / "first.geojson")
+    assert r.returncode == 0, r.stderr
+    folder, = (p for p in cache.glob("exports/tiler-obb-*-openvino-320px-b16-*") if p.is_dir())
+    weights, = folder.rglob("*.bin")
+    size = weights.stat().st_size
+    # a copy of the export without its weights, given as the model: the runtime's reason, on one line
+    copy = tmp_path / "cut_openvino_model"
+    shutil.copytree(weights.parent, copy)
+    (copy / weights.name).unlink()
+    with pytest.raises(ModelError, match=r"cannot load model .*cut_openvino_model: .*Can not open file .*\.bin") as err:
+        Predictor(copy, imgsz=320)
+    assert "\n" not in str(err.value)
+    # the cache's own export cut short (a full disk, an interrupted copy): made again, said in one line
+    with open(weights, "r+b") as f:
+        f.truncate(1000)
+    r = cli(tmp_path / "again.geojson")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == f"tiler: warning: the cached export {folder} was damaged; making it again"
+    assert weights.stat().st_size == size
+    assert (tmp_path / "again.geojson").read_text() == (tmp_path / "first.geojson").read_text()
+    stamp = (folder / "tiler-export.json").stat().st_mtime_ns
+    r = cli(tmp_path / "third.geojson")  # intact again: no warning, not made again
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert (folder / "tiler-export.json").stat().st_mtime_ns == stamp
+
+
 @pytest.mark.parametrize("backend", ["openvino", "onnx"])
 def test_a_segment_export_outlines_masks_as_its_pt_does(cache, backend, tmp_path):
     """The outline inset follows the mask_ratio the model was trained with; an export records it in its own
@@ -219,11 +253,11 @@ def test_int8_job_with_no_window_to_run_ends_as_a_torch_job_does(cache, tmp_path
     """An all-nodata raster has nothing to calibrate on, nor anything to predict: the same empty output as the
     .pt's, and nothing quantised."""
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     tif = tmp_path / "empty.tif"
     with rasterio.open(tif, "w", driver="GTiff", width=1000, height=800, count=3, dtype="uint8", nodata=0,
-                       crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5)) as ds:
+                       crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as ds:
         ds.write(np.zeros((3, 800, 1000), np.uint8))
     before = set(cache.glob("exports/*"))
     outs = {}

@@ -259,10 +259,19 @@ def _run_quicklook(args) -> int:
 _COMMANDS = {"predict": _run_predict, "synth": _run_synth, "quicklook": _run_quicklook}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """tiler's own warnings as one line, like its errors; anything else's as Python shows them."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"tiler: warning: {message}", file=file or sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module="rasterio")
+    warnings.showwarning = _show_warning
     try:
         return _COMMANDS[args.command](args)
     except TilerError as exc:

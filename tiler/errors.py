@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class TilerError(Exception):
     """Base class: anything tiler reports to a user as an error."""
@@ -32,3 +34,23 @@ class ModelError(TilerError):
 
 class OutputError(TilerError):
     """The output cannot be written (unknown format, unwritable folder)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of what went wrong, for a one-line error: from the most specific message in the
+    exception chain (GDAL's own words), skipping the source-location headers some runtimes put first
+    (OpenVINO's "Exception from src/...cpp:84:" and "Check '...' failed at ...:")."""
+    text = str(exc).strip() or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in text:
+        text = str(cause).strip() or text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    words = [ln for ln in lines if not _SOURCE_HEADER.match(ln)]
+    if not words:
+        return lines[0]
+    # under such headers OpenVINO may put what it was doing on one line and why it failed on the next
+    return ": ".join(words[:2]) if len(words) < len(lines) else words[0]
+
+
+# OpenVINO's: "Exception from src/inference/src/cpp/core.cpp:84:", "Check 'x' failed at src/core/...cpp:887:"
+_SOURCE_HEADER = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")

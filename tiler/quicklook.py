@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .detections import Detections, ragged_take
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, OutputError, first_line
 from .georef import WGS84
 from .visualize import _bgr, class_color
 from .writers import check_writable
@@ -83,7 +83,7 @@ class Outlines:
                 meta, table = read_arrow(path)
                 source_crs, geom_name = meta.get("crs"), meta.get("geometry_name") or "wkb_geometry"
         except Exception as exc:  # pyarrow / GDAL errors: the file is not what its suffix says
-            raise ConfigError(f"cannot read {path}: {(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+            raise ConfigError(f"cannot read {path}: {first_line(exc)}") from None
         geoms = shapely.from_wkb(table[geom_name].to_numpy(zero_copy_only=False))
         classes = (table["class_id"].to_numpy(zero_copy_only=False) if "class_id" in table.column_names
                    else np.zeros(len(geoms), np.int64))

@@ -23,7 +23,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
 
-from .errors import RasterError, WindowReadError
+from .errors import RasterError, WindowReadError, first_line
 from .io.bands import DEFAULT_STRETCH, StretchSpec, choose_bands, parse_stretch, stretch_limits
 
 OVERVIEW_SIZE = 1024  # longest side of the decimated read used for the stretch and the validity mask
@@ -144,7 +144,7 @@ class RasterSource:
         try:
             self._ds = rasterio.open(self.uri)
         except (RasterioIOError, RasterioError) as exc:
-            raise RasterError(f"cannot open raster {self.uri}: {_first_line(exc)}") from None
+            raise RasterError(f"cannot open raster {self.uri}: {first_line(exc)}") from None
         if self._ds.count < 1 or self._ds.width < 1 or self._ds.height < 1:
             raise RasterError(f"raster {self.uri} has no pixels")
 
@@ -249,7 +249,7 @@ class RasterSource:
         try:
             m = ds.read_masks(self.bands[0], out_shape=(h, w), resampling=Resampling.rms)
         except (RasterioIOError, RasterioError) as exc:
-            raise RasterError(f"cannot read the mask of {self.uri}: {_first_line(exc)}") from None
+            raise RasterError(f"cannot read the mask of {self.uri}: {first_line(exc)}") from None
         valid = cv2.dilate((m > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         return valid, self.width / w, self.height / h
 
@@ -300,7 +300,7 @@ class RasterSource:
             if self.has_mask:
                 inside[ds.read_masks(self.bands[0], window=win, out_shape=shape) == 0] = 0
         except (RasterioIOError, RasterioError) as exc:
-            raise WindowReadError(window_id, x0, y0, _first_line(exc)) from None
+            raise WindowReadError(window_id, x0, y0, first_line(exc)) from None
         return out
 
 
@@ -317,15 +317,6 @@ def _palette_lut(ds) -> np.ndarray:
         if 0 <= k < 256:
             lut[k] = rgba[:3]
     return lut
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of the most specific message in the exception chain (GDAL's own words)."""
-    text = str(exc).strip() or type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and "previous exception" in text:
-        text = str(cause).strip() or text
-    return text.splitlines()[0]
 
 
 def gdal_env(source: "RasterSource | list[RasterSource]", patch_height: int, cache_mb: int | None = None

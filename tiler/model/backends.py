@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from . import _ultralytics
 
 BACKENDS = ("torch", "openvino", "openvino-int8", "onnx", "tensorrt", "torchscript")
@@ -147,7 +147,7 @@ def unpacked_export(packed: tuple[str, dict[str, bytes]]) -> Path:
 def _cached(name: str, build: Callable[[Path], dict]) -> Path:
     root = cache_dir()
     target = root / name
-    if (target / "tiler-export.json").is_file():
+    if _check(target) == "intact":
         return _artifact(target)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -155,16 +155,40 @@ def _cached(name: str, build: Callable[[Path], dict]) -> Path:
         raise ModelError(f"cannot create the model export cache {root}: {exc.strerror}") from None
     with open(root / f"{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "tiler-export.json").is_file():
+        state = _check(target)
+        if state != "intact":
+            if state == "damaged":
+                warnings.warn(f"the cached export {target} was damaged; making it again", RuntimeWarning,
+                              stacklevel=3)
             work = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
             try:
                 record = build(work)
+                record["files"] = _file_digests(work)
                 (work / "tiler-export.json").write_text(json.dumps(record, indent=1))
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(work, target)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
     return _artifact(target)
+
+
+def _file_digests(folder: Path) -> dict[str, list]:
+    """{path: [size, sha256]} of every file of a cache entry but its record."""
+    return {f.relative_to(folder).as_posix(): [f.stat().st_size, file_sha256(f)]
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != "tiler-export.json"}
+
+
+def _check(folder: Path) -> str:
+    """"intact" when the cache entry `folder` holds the files its record lists, unchanged (a few ms for a model
+    of a few MB); "damaged" when one has since been removed, cut short or changed; "absent" when there is no
+    record of one (nor of its files: entries made before records listed them are made again)."""
+    try:
+        files = json.loads((folder / "tiler-export.json").read_text()).get("files")
+    except (OSError, ValueError):
+        return "absent"
+    if files is None:
+        return "absent"
+    return "intact" if files == _file_digests(folder) else "damaged"
 
 
 def _export(pt: Path, backend: str, imgsz: int, batch: int, half: bool, device: str, work: Path) -> dict:
@@ -186,8 +210,7 @@ def _export(pt: Path, backend: str, imgsz: int, batch: int, half: bool, device: 
             out = model.export(format=_EXPORT_FORMAT[backend], imgsz=imgsz, batch=batch, half=half,
                                dynamic=False, device=device, verbose=False)
     except Exception as exc:  # Ultralytics raises many types; the first line names the problem
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot export {pt.name} to {backend}: {msg}") from None
+        raise ModelError(f"cannot export {pt.name} to {backend}: {first_line(exc)}") from None
     src.unlink()
     return {"source": str(pt), "backend": backend, "imgsz": imgsz, "batch": batch, "half": half,
             "artifact": Path(out).name}

@@ -15,7 +15,7 @@ os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # nor for packages: a missing runtime is an error
 
 from ..detections import Detections, Masks  # noqa: E402
-from ..errors import ModelError  # noqa: E402
+from ..errors import ModelError, first_line  # noqa: E402
 from ..geometry import box_corners  # noqa: E402
 from . import _ultralytics, backends  # noqa: E402
 from .masks import Letterbox, instance_masks, training_dilation  # noqa: E402
@@ -71,8 +71,7 @@ def load_model(path: str | os.PathLike):
     except ModelError:
         raise
     except Exception as exc:  # Ultralytics raises many types for a bad file; all mean "not a model"
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot load model {path}: {msg}") from None
+        raise ModelError(f"cannot load model {path}: {first_line(exc)}") from None
     return checked_model(model, path)
 
 
@@ -133,9 +132,16 @@ class Predictor:
         # the biases its training labels taught the model, from how its masks were trained
         self.mask_inset = training_dilation(_ultralytics.mask_ratio(self.model, export_meta)) \
             if self.task == "segment" else 0.0
-        with (_ultralytics.openvino_compile_cache(backends.cache_dir().parent / "openvino-compiled")
-              if self.backend.startswith("openvino") else contextlib.nullcontext()):
-            self._ul = _ultralytics.setup_predictor(self.model, self.args)  # the model is compiled and loaded here
+        try:
+            with (_ultralytics.openvino_compile_cache(backends.cache_dir().parent / "openvino-compiled")
+                  if self.backend.startswith("openvino") else contextlib.nullcontext()):
+                self._ul = _ultralytics.setup_predictor(self.model, self.args)  # an export is loaded here
+        except ModelError:
+            raise
+        except Exception as exc:  # a damaged export (a file missing or cut short): the runtime's own words
+            if self.backend == "torch":
+                raise
+            raise ModelError(f"cannot load model {self.model.model}: {first_line(exc)}") from None
         self.names: dict[int, str] = dict(self._ul.model.names)
         if classes is not None:
             unknown = [c for c in classes if c not in self.names]

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from . import backends
 
 CALIBRATION_PATCHES = 128  # at most, spread over the job's windows (frames.calibration_patches)
@@ -96,8 +96,7 @@ def _quantize(pt: Path, fp32: Path, inputs: list[np.ndarray], out: Path) -> None
                                       model_type=nncf.ModelType.TRANSFORMER if isinstance(head, RTDETRDecoder)
                                       else None, subset_size=len(inputs), ignored_scope=ignored)
     except Exception as exc:  # NNCF raises many types; the first line names the problem
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelError(f"cannot quantise {pt.name} to int8: {msg}") from None
+        raise ModelError(f"cannot quantise {pt.name} to int8: {first_line(exc)}") from None
     out.mkdir()
     ov.save_model(quantized, out / f"{pt.stem}.xml")
     meta = yaml.safe_load((fp32 / "metadata.yaml").read_text())
