@@ -363,3 +363,43 @@ def test_helper_validation_errors():
         sort_order([0.5], [1.0], "random")
     with pytest.raises(ValueError, match="areas"):
         sort_order([0.5, 0.4], [1.0], "intelligent")
+
+
+def _sequential_greedy(order, i, j):
+    """Greedy NMS over a pair list, one detection at a time: the definition greedy_keep must reproduce."""
+    nbrs = {}
+    for a, b in zip(i.tolist(), j.tolist()):
+        nbrs.setdefault(a, set()).add(b)
+        nbrs.setdefault(b, set()).add(a)
+    suppressed, kept = set(), []
+    for k in order.tolist():
+        if k not in suppressed:
+            kept.append(k)
+            suppressed |= nbrs.get(k, set())
+    return np.array(kept, dtype=np.int64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_greedy_keep_equals_the_sequential_pass(seed, monkeypatch):
+    """Random pair graphs, from sparse to dense (the vectorised rounds), and long chains of overlaps with
+    monotone scores (which outlast the rounds and are walked one by one), mixed in one input."""
+    from tiler.merge import suppress
+    from tiler.merge.suppress import _ROUNDS, greedy_keep
+
+    walked = []
+    monkeypatch.setattr(suppress, "_walk", lambda *a, _walk=suppress._walk: walked.append(1) or _walk(*a))
+    rng = np.random.default_rng(seed)
+    n = 3000
+    m = [500, 3000, 12000, 40000, 3000, 0][seed]
+    i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+    # chains: a run of 5 * _ROUNDS detections, each overlapping the next, ranked best at one end
+    chain = rng.choice(n, 5 * _ROUNDS, replace=False)
+    i, j = np.concatenate([i, chain[:-1]]), np.concatenate([j, chain[1:]])
+    order = rng.permutation(n)
+    if seed % 2:  # ranks falling along the chain: one link settles per round
+        rest = np.setdiff1d(order, chain)
+        order = np.concatenate([chain[::-1], rest])
+    got = greedy_keep(order, i, j)
+    assert np.array_equal(got, _sequential_greedy(order, i, j))
+    assert 0 < len(got) <= n
+    assert bool(walked) == bool(seed % 2)  # the long chains were walked; the rest settled in rounds

@@ -6,7 +6,7 @@ have heavily overlapping bounding boxes while the boxes themselves barely touch.
 
 Scaling: the pairs that suppress each other come from `overlaps.pairs_above` (STRtree candidates, the
 numpy overlap bounds, GEOS only for pairs the bounds cannot decide; no n x n matrix), and the greedy pass
-walks a CSR neighbour list, O(n + pairs) after the query.
+keeps detections in vectorised rounds over the pairs (`greedy_keep`), O(pairs) per round, after the query.
 
 Pure module: numpy and shapely >= 2 only.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from ..geometry import geometry_array
 from .overlaps import _areas, _check_metric, _check_threshold, _safe_geoms, pairs_above
 
-__all__ = ["SORTERS", "sort_order", "nms"]
+__all__ = ["SORTERS", "sort_order", "nms", "greedy_keep"]
 
 SORTERS: tuple[str, ...] = ("score", "intelligent")
 
@@ -120,23 +120,62 @@ def nms(
     # Per-class mode: cross-class pairs are dropped before any intersection.
     i, j = pairs_above(g, metric, thr, groups=None if class_agnostic else cls)
 
-    # Symmetric CSR adjacency of "would suppress each other" pairs.
-    src = np.concatenate([i, j])
-    dst = np.concatenate([j, i])
-    by_src = np.argsort(src, kind="stable")
-    nbrs = dst[by_src]
+    return greedy_keep(order, i, j)
+
+
+# Rounds of the vectorised pass before the rest is walked one by one (see greedy_keep): real merges settle in a
+# handful; a long chain of overlaps with monotone scores settles one link per round, and is walked instead.
+_ROUNDS = 16
+
+
+def greedy_keep(order: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """The detections greedy NMS keeps, in the order it keeps them: visited in `order` (best first), each one
+    not yet suppressed is kept and suppresses its neighbours in the pair list (i, j).
+
+    Vectorised in rounds over the pairs, with the same result: a detection better ranked than every undecided
+    neighbour is kept by the sequential pass too (each better neighbour was decided, and a kept one would
+    have suppressed it), so every such detection is kept at once, and their neighbours suppressed. What is
+    still undecided after `_ROUNDS` rounds (long chains) is walked in order, as the sequential pass would."""
+    n = len(order)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n, dtype=np.int64)
+    # each pair once per direction, from the worse-ranked end to the better one
+    worse = np.where(rank[i] > rank[j], i, j)
+    better = np.where(rank[i] > rank[j], j, i)
+    undecided = np.ones(n, dtype=bool)
+    kept = np.zeros(n, dtype=bool)
+    for _ in range(_ROUNDS):
+        if not len(worse):
+            break
+        # keep every undecided detection with no undecided better-ranked neighbour
+        blocked = np.zeros(n, dtype=bool)
+        blocked[worse] = True
+        keep = undecided & ~blocked
+        kept |= keep
+        undecided &= ~keep
+        undecided[worse[keep[better]]] = False  # suppressed by a detection just kept
+        live = undecided[worse] & undecided[better]
+        worse, better = worse[live], better[live]
+    if len(worse):  # long chains: walk what is left in order over its own pairs
+        _walk(order[undecided[order]], worse, better, undecided, kept)
+    else:
+        kept |= undecided  # no pair left: every undecided detection is kept
+    return order[kept[order]]
+
+
+def _walk(order: np.ndarray, worse: np.ndarray, better: np.ndarray, undecided: np.ndarray, kept: np.ndarray) -> None:
+    """The sequential greedy pass over the undecided detections in `order`, with the pairs among them."""
+    n = len(undecided)
+    src = np.concatenate([worse, better])
+    dst = np.concatenate([better, worse])
+    nbrs = dst[np.argsort(src, kind="stable")]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
-
-    # Greedy pass: a neighbour that was kept earlier would already have
-    # suppressed the current index, so marking neighbours is always safe.
     suppressed = np.zeros(n, dtype=bool)
-    kept: list[int] = []
     for k in order.tolist():
         if suppressed[k]:
             continue
-        kept.append(k)
+        kept[k] = True
         lo, hi = indptr[k], indptr[k + 1]
         if hi > lo:
             suppressed[nbrs[lo:hi]] = True
-    return np.asarray(kept, dtype=np.int64)
