@@ -36,6 +36,37 @@ def test_missing_and_bad_models(tmp_path):
     # other formats and exports: test_backends.py
 
 
+def test_a_model_object_set_up_again_with_the_same_arguments_reuses_its_predictor(tmp_path):
+    """tiler.compat makes a Predictor per call around the caller's model object: the second one reuses the
+    Ultralytics predictor the first set up, unless the arguments differ; the caller's own `model.predict`
+    never shares or changes it."""
+    import rasterio
+    from ultralytics import YOLO
+
+    from tiler.synth import write_scene
+
+    tif, _ = write_scene(SceneSpec(640, 640, seed=5), tmp_path / "scene.tif")
+    with rasterio.open(tif) as ds:
+        im = np.ascontiguousarray(ds.read([1, 2, 3]).transpose(1, 2, 0))
+    patches = [im[:320, :320], im[320:, 320:]]
+    model = YOLO(str(REPO / "models" / "tiler-detect.pt"))
+    first = Predictor(model, imgsz=320)
+    ref = first.predict(patches)
+    assert len(ref) > 5
+    again = Predictor(model, imgsz=320)
+    assert again._ul is first._ul
+    assert np.array_equal(again.predict(patches).coords, ref.coords)
+    other = Predictor(model, imgsz=320, conf=0.6)  # other arguments: set up anew
+    assert other._ul is not first._ul
+    fewer = other.predict(patches)
+    assert len(fewer) < len(ref)
+    # the caller's own predict, with its own arguments, runs its own predictor and changes nothing of tiler's
+    theirs = model.predict([np.ascontiguousarray(p[..., ::-1]) for p in patches], imgsz=320, conf=0.9, verbose=False)
+    assert model.predictor is not other._ul and sum(len(r) for r in theirs) < len(fewer)
+    assert np.array_equal(other.predict(patches).coords, fewer.coords)
+    assert Predictor(model, imgsz=320, conf=0.6)._ul is other._ul
+
+
 @needs_shared
 def test_task_names_and_unknown_class():
     p = Predictor(DOTA_MODEL, imgsz=640)

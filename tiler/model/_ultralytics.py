@@ -8,6 +8,8 @@
 - on a CPU, a torch model runs in channels-last memory format (see `setup_predictor`);
 - for segmentation, the step after NMS is replaced so masks are made per object (see masks.py), and tiler's
   exports record the model's training mask_ratio in their own metadata (the outline inset depends on it);
+- a model object set up again with the same arguments reuses its predictor, which is never the model's own
+  `model.predictor` (so the caller's `model.predict` cannot change it);
 - for detect and OBB, a batch's results are built as arrays (`BoxOutput`), not one Results object per image;
   OBB NMS runs for the whole batch at once (`nms.batched_rotated_nms`);
 - an OpenVINO model is compiled with a compile cache (`openvino_compile_cache`).
@@ -110,6 +112,11 @@ def setup_predictor(model, args: dict):
     Its warm-up is skipped: on a CPU all it does is import torchvision (~1.6 s, as long as the whole
     forward pass of a small job) so that axis-aligned NMS runs through torchvision.ops.nms; Ultralytics'
     own NMS, used without it, keeps the same boxes (the tests compare with `YOLO.predict` output)."""
+    kept = getattr(model, "tiler_predictor", None)
+    if kept is not None and _same(kept[0], args):
+        # the same model object set up again with the same arguments (tiler.compat makes a Predictor per call,
+        # around the caller's model object): no second copy, fusing and set-up predict (0.2-0.4 s a call)
+        return kept[1]
     predict_defaults = {"batch": 1, "save": False, "mode": "predict", "rect": True, "embed": None}
     ul = model._smart_load("predictor")(overrides={**model.overrides, **predict_defaults, **args},
                                         _callbacks=model.callbacks)
@@ -123,12 +130,24 @@ def setup_predictor(model, args: dict):
         import torch
 
         ul.model.backend.model.to(memory_format=torch.channels_last)
-    model.predictor = ul
-    # one tiny public predict call sets the input size and source handling the documented way
-    model.predict([np.zeros((32, 32, 3), dtype=np.uint8)], **args)
-    if model.predictor is not ul:  # an Ultralytics upgrade stopped reusing a configured predictor
-        raise ModelError("Ultralytics replaced tiler's configured predictor; this version is unsupported")
+    # one tiny public predict call sets the input size and source handling the documented way; then the model
+    # gets its own predictor back, so that the caller's `model.predict(conf=...)` never changes tiler's
+    previous, model.predictor = model.predictor, ul
+    try:
+        model.predict([np.zeros((32, 32, 3), dtype=np.uint8)], **args)
+        if model.predictor is not ul:  # an Ultralytics upgrade stopped reusing a configured predictor
+            raise ModelError("Ultralytics replaced tiler's configured predictor; this version is unsupported")
+    finally:
+        model.predictor = previous
+    model.tiler_predictor = (dict(args), ul)
     return ul
+
+
+def _same(a: dict, b: dict) -> bool:
+    try:
+        return bool(a == b)
+    except ValueError:  # an array among a caller's extra arguments: not comparable, so set up anew
+        return False
 
 
 def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> list:
