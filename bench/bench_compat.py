@@ -1,6 +1,7 @@
 """tiler.compat against patched_yolo_infer 1.3.10 on the same 4000 x 4000 image: wall time and peak RSS.
 
     .venv/bin/python bench/bench_compat.py [--size 4000] [--seed 4000] [--dense 1200] [--repeats 3] [--tasks detect,segment]
+    .venv/bin/python bench/bench_compat.py --tasks frames [--frames 20] [--frame-size 960]
 
 Each run is its own process (peak RSS is per process, and both libraries set torch's thread count
 process-wide), running the guide's two calls, MakeCropsDetectThem then CombineDetections, with the same
@@ -13,6 +14,9 @@ sequential crops (batch_inference=False, both libraries' default).
   than this machine has. So the image stays 4000 x 4000 but only its central `--dense` square keeps the
   scene; the rest is black (no objects). tiler.compat keeps per-object masks and makes full frames only for
   the kept objects at the end.
+- frames (asked for by name): one model object loaded once, then the two calls on each of `--frames` images of
+  `--frame-size` px cut from the scene along its diagonal, as a video or a folder of images is processed with
+  the guide's API; the time is the whole loop (the reference reuses Ultralytics' predictor between calls).
 """
 
 from __future__ import annotations
@@ -30,6 +34,31 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
+
+
+def frames_worker(lib: str, image_path: str, frames: int, size: int) -> None:
+    img = np.load(image_path)
+    t_import = time.perf_counter()
+    if lib == "tiler":
+        import tiler.compat as api
+    else:
+        import patched_yolo_infer as api
+    from ultralytics import YOLO
+
+    model = YOLO(str(MODELS / "tiler-detect.pt"))
+    step = (len(img) - size) // max(1, frames - 1)
+    t = time.perf_counter()
+    kept = 0
+    for k in range(frames):
+        frame = np.ascontiguousarray(img[k * step:k * step + size, k * step:k * step + size])
+        crops = api.MakeCropsDetectThem(image=frame, model=model, shape_x=320, shape_y=320, overlap_x=25,
+                                        overlap_y=25, imgsz=320, conf=0.25, show_processing_status=False)
+        kept += len(api.CombineDetections(crops).filtered_boxes)
+    end = time.perf_counter()
+    print(json.dumps({"lib": lib, "task": "frames", "seconds": round(end - t_import, 2),
+                      "calls_seconds": round(end - t, 2), "per_frame_ms": round((end - t) / frames * 1000),
+                      "raw": 0, "kept": kept,
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
 
 
 def worker(lib: str, task: str, image_path: str) -> None:
@@ -61,11 +90,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=4000)
     ap.add_argument("--dense", type=int, default=1200)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved runs per library; medians are reported")
-    ap.add_argument("--tasks", default="detect,segment")
+    ap.add_argument("--tasks", default="detect,segment", help="of detect, segment, frames")
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--frame-size", type=int, default=960)
     ap.add_argument("--worker", nargs=3, metavar=("LIB", "TASK", "NPY"))
     args = ap.parse_args()
     if args.worker:
-        worker(*args.worker)
+        if args.worker[1] == "frames":
+            frames_worker(args.worker[0], args.worker[2], args.frames, args.frame_size)
+        else:
+            worker(*args.worker)
         return
     import rasterio
 
@@ -83,12 +117,13 @@ def main() -> None:
         dense = Path(tmp) / "sparse.npy"
         np.save(dense, sparse)
         rows = []
-        for task, path in (("detect", whole), ("segment", dense)):
+        for task, path in (("detect", whole), ("segment", dense), ("frames", whole)):
             if task not in args.tasks.split(","):
                 continue
             for _ in range(args.repeats):
                 for lib in ("tiler", "reference"):
-                    out = subprocess.run([sys.executable, __file__, "--worker", lib, task, str(path)],
+                    out = subprocess.run([sys.executable, __file__, "--worker", lib, task, str(path), "--frames",
+                                          str(args.frames), "--frame-size", str(args.frame_size)],
                                          capture_output=True, text=True, check=True)
                     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
                     print(rows[-1], flush=True)
