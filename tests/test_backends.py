@@ -249,6 +249,35 @@ def test_int8_calibration_patches_spread_over_every_frame_of_a_survey(tmp_path):
     assert len(calibration_patches(frames, 128)) == 32  # never more than the job has
 
 
+def test_int8_calibration_leaves_out_windows_read_back_empty(cache, tmp_path):
+    """A black border without a nodata value: its windows are planned, read back all zero and skipped by the
+    model, so they are not calibrated on either; a raster black all over runs the .pt, with a warning."""
+    import rasterio
+
+    from tiler.config import JobConfig
+    from tiler.frames import calibration_patches, plan_frames
+
+    tif, _ = write_scene(SceneSpec(960, 960, seed=41), tmp_path / "border.tif")
+    with rasterio.open(tif, "r+") as ds:
+        ds.nodata = None
+        ds.write(np.zeros((3, 960, 480), np.uint8), window=rasterio.windows.Window(0, 0, 480, 960))
+    cfg = JobConfig(source=str(tif), model=str(MODELS / "tiler-obb.pt"), patch_size=320, overlap=0.25)
+    frames = plan_frames(cfg, [str(tif)])
+    assert len(frames[0].plan.window_ids) == 16  # the black half is planned: nothing says it is nodata
+    patches = calibration_patches(frames, 128)
+    assert 0 < len(patches) < 16 and all(p.any() for p in patches)
+
+    from affine import Affine
+
+    black = tmp_path / "black.tif"
+    with rasterio.open(black, "w", driver="GTiff", width=700, height=700, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 4000000)) as ds:
+        ds.write(np.zeros((3, 700, 700), np.uint8))
+    with pytest.warns(RuntimeWarning, match="read back empty; the model runs as the .pt"):
+        result = run(black, MODELS / "tiler-obb.pt", backend="openvino-int8", out=tmp_path / "black.geojson")
+    assert result.stats.backend == "torch" and len(result.detections) == 0
+
+
 def test_int8_job_with_no_window_to_run_ends_as_a_torch_job_does(cache, tmp_path):
     """An all-nodata raster has nothing to calibrate on, nor anything to predict: the same empty output as the
     .pt's, and nothing quantised."""

@@ -4,6 +4,7 @@ batch is in, then merged across its own seams and checkpointed (`FrameAssembler`
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -14,7 +15,7 @@ from .config import JobConfig
 from .detections import Detections
 from .errors import RasterError
 from .pipeline import (BatchResult, BatchSpec, CoarsePass, WindowPlan, batch_specs, coarse_pass, frame_patch_size,
-                       frame_read_size, merge, open_source, plan, read_patches)
+                       frame_read_size, live_patches, merge, open_source, plan, read_patches)
 from .raster import RasterSource, gdal_env
 from .result import JobStats, class_counts
 
@@ -135,7 +136,8 @@ def plan_frames(cfg: JobConfig, uris: list[str]) -> list[Frame]:
 def calibration_patches(frames: list[Frame], n: int) -> list[np.ndarray]:
     """Up to `n` patches of the job's fine-pass windows, spread evenly over every window of every readable frame
     (in job order), read as the job reads them: what an int8 model is calibrated on (model/quantize.py). The
-    same frames always give the same patches."""
+    same frames always give the same patches. Patches read back empty (all zero: a black border without a
+    nodata value) are left out, as the model never sees them in the job either."""
     ok = [f for f in frames if f.ok]
     counts = np.array([len(f.plan.window_ids) for f in ok], dtype=np.int64)
     if counts.sum() == 0:
@@ -149,8 +151,9 @@ def calibration_patches(frames: list[Frame], n: int) -> list[np.ndarray]:
             source = f.source.reopened()
             try:
                 with gdal_env(source, f.patch_size[1]):
-                    patches += list(read_patches(source, f.patch_size, f.plan.origins[local],
-                                                 f.plan.window_ids[local], f.read_size))
+                    read = read_patches(source, f.patch_size, f.plan.origins[local], f.plan.window_ids[local],
+                                        f.read_size)
+                patches += list(read[live_patches(read)])
             finally:
                 source.close()
     return patches
@@ -169,7 +172,10 @@ def executor_config(cfg: JobConfig, frames: list[Frame], on_build: Callable[[], 
     from .model import quantize
 
     patches = calibration_patches(frames, quantize.CALIBRATION_PATCHES)
-    if not patches:  # no window to run (all nodata, or no frame readable): the model only names the classes
+    if not patches:  # nothing to calibrate on: the .pt runs as it is
+        if any(len(f.plan.window_ids) for f in frames if f.ok):  # (else no window to run: nothing to predict)
+            warnings.warn("every window sampled to calibrate the int8 model read back empty; the model runs as "
+                          "the .pt (torch)", RuntimeWarning, stacklevel=2)
         return cfg.replace(backend="auto")
     model = quantize.quantized_model(cfg.model, cfg.model_imgsz, cfg.batch_size, patches, on_build)
     return cfg.replace(model=str(model), backend="auto")
