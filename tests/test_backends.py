@@ -43,6 +43,13 @@ def scene(tmp_path_factory):
     return tif
 
 
+def cli_predict(raster, out, cache, *args):
+    """`tiler predict RASTER --model tiler-obb.pt --out OUT ARGS` in a fresh process, exporting into `cache`."""
+    return subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(raster), "--model",
+                           str(MODELS / "tiler-obb.pt"), "--out", str(out), *args], capture_output=True, text=True,
+                          env={**os.environ, "TILER_CACHE_DIR": str(cache)}, cwd=REPO)
+
+
 def run(scene, model, **kw):
     return TileJob(scene, model, patch_size=320, overlap=0.25, progress=False, runner="local", **kw).run()
 
@@ -106,12 +113,8 @@ def test_an_export_given_as_the_model_runs_with_the_task_from_its_metadata(cache
 
 
 def test_a_damaged_export_is_made_again_in_the_cache_and_a_one_line_error_given_as_the_model(cache, scene, tmp_path):
-    env = {**os.environ, "TILER_CACHE_DIR": str(cache)}
-
     def cli(out):
-        return subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(scene), "--model",
-                               str(MODELS / "tiler-obb.pt"), "--patch-size", "320", "--backend", "openvino", "--out",
-                               str(out), "--no-progress"], capture_output=True, text=True, env=env, cwd=REPO)
+        return cli_predict(scene, out, cache, "--patch-size", "320", "--backend", "openvino", "--no-progress")
 
     r = cli(tmp_path / "first.geojson")
     assert r.returncode == 0, r.stderr
@@ -171,17 +174,12 @@ def test_bad_backend_requests_are_one_line_errors(tmp_path):
 
 
 def test_cli_backend_option_and_bad_value(cache, scene, tmp_path):
-    env = {**os.environ, "TILER_CACHE_DIR": str(cache)}
     out = tmp_path / "out.geojson"
-    r = subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(scene), "--model",
-                        str(MODELS / "tiler-obb.pt"), "--patch-size", "320", "--backend", "onnx", "--out", str(out),
-                        "--no-progress"], capture_output=True, text=True, env=env, cwd=REPO)
+    r = cli_predict(scene, out, cache, "--patch-size", "320", "--backend", "onnx", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert len(json.loads(out.read_text())["features"]) > 50
     assert "Warning" not in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(scene), "--model",
-                        str(MODELS / "tiler-obb.pt"), "--backend", "tflite", "--out", str(tmp_path / "x.geojson")],
-                       capture_output=True, text=True, env=env, cwd=REPO)
+    r = cli_predict(scene, tmp_path / "x.geojson", cache, "--backend", "tflite")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
     assert "backend must be auto or one of torch, openvino" in r.stderr
     assert not (tmp_path / "x.geojson").exists()
@@ -292,10 +290,7 @@ def test_int8_job_with_no_window_to_run_ends_as_a_torch_job_does(cache, tmp_path
     outs = {}
     for backend in ("auto", "openvino-int8"):
         outs[backend] = tmp_path / f"{backend}.geojson"
-        r = subprocess.run([sys.executable, "-m", "tiler.cli", "predict", str(tif), "--model",
-                            str(MODELS / "tiler-obb.pt"), "--patch-size", "320", "--backend", backend, "--out",
-                            str(outs[backend]), "--no-progress"], capture_output=True, text=True,
-                           env={**os.environ, "TILER_CACHE_DIR": str(cache)}, cwd=REPO)
+        r = cli_predict(tif, outs[backend], cache, "--patch-size", "320", "--backend", backend, "--no-progress")
         assert r.returncode == 0, r.stderr
         assert "0/12 windows run, 12 nodata skipped" in r.stdout + r.stderr
     assert json.loads(outs["openvino-int8"].read_text()) == json.loads(outs["auto"].read_text())

@@ -36,6 +36,10 @@ class OutputError(TilerError):
     """The output cannot be written (unknown format, unwritable folder)."""
 
 
+# OpenVINO's: "Exception from src/inference/src/cpp/core.cpp:84:", "Check 'x' failed at src/core/...cpp:887:"
+_SOURCE_HEADER = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of what went wrong, for a one-line error: from the most specific message in the
     exception chain (GDAL's own words), skipping the source-location headers some runtimes put first
@@ -50,7 +54,3 @@ def first_line(exc: BaseException) -> str:
         return lines[0]
     # under such headers OpenVINO may put what it was doing on one line and why it failed on the next
     return ": ".join(words[:2]) if len(words) < len(lines) else words[0]
-
-
-# OpenVINO's: "Exception from src/inference/src/cpp/core.cpp:84:", "Check 'x' failed at src/core/...cpp:887:"
-_SOURCE_HEADER = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")

@@ -140,8 +140,8 @@ def greedy_keep(order: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(n, dtype=np.int64)
     # each pair once per direction, from the worse-ranked end to the better one
-    worse = np.where(rank[i] > rank[j], i, j)
-    better = np.where(rank[i] > rank[j], j, i)
+    i_worse = rank[i] > rank[j]
+    worse, better = np.where(i_worse, i, j), np.where(i_worse, j, i)
     undecided = np.ones(n, dtype=bool)
     kept = np.zeros(n, dtype=bool)
     for _ in range(_ROUNDS):
@@ -157,15 +157,16 @@ def greedy_keep(order: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         live = undecided[worse] & undecided[better]
         worse, better = worse[live], better[live]
     if len(worse):  # long chains: walk what is left in order over its own pairs
-        _walk(order[undecided[order]], worse, better, undecided, kept)
+        _walk(order[undecided[order]], worse, better, kept)
     else:
         kept |= undecided  # no pair left: every undecided detection is kept
     return order[kept[order]]
 
 
-def _walk(order: np.ndarray, worse: np.ndarray, better: np.ndarray, undecided: np.ndarray, kept: np.ndarray) -> None:
-    """The sequential greedy pass over the undecided detections in `order`, with the pairs among them."""
-    n = len(undecided)
+def _walk(order: np.ndarray, worse: np.ndarray, better: np.ndarray, kept: np.ndarray) -> None:
+    """The sequential greedy pass over the undecided detections in `order`, with the pairs among them, marking
+    the ones it keeps in `kept`."""
+    n = len(kept)
     src = np.concatenate([worse, better])
     dst = np.concatenate([better, worse])
     nbrs = dst[np.argsort(src, kind="stable")]

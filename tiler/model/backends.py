@@ -185,7 +185,7 @@ def _check(folder: Path) -> str:
     try:
         files = json.loads((folder / "tiler-export.json").read_text()).get("files")
     except (OSError, ValueError):
-        return "absent"
+        files = None
     if files is None:
         return "absent"
     return "intact" if files == _file_digests(folder) else "damaged"

@@ -136,10 +136,8 @@ class Predictor:
             with (_ultralytics.openvino_compile_cache(backends.cache_dir().parent / "openvino-compiled")
                   if self.backend.startswith("openvino") else contextlib.nullcontext()):
                 self._ul = _ultralytics.setup_predictor(self.model, self.args)  # an export is loaded here
-        except ModelError:
-            raise
         except Exception as exc:  # a damaged export (a file missing or cut short): the runtime's own words
-            if self.backend == "torch":
+            if isinstance(exc, ModelError) or self.backend == "torch":
                 raise
             raise ModelError(f"cannot load model {self.model.model}: {first_line(exc)}") from None
         self.names: dict[int, str] = dict(self._ul.model.names)
