@@ -12,10 +12,12 @@ not depend on what it finds much). Measured, each in this one process unless sai
   * model: tiler's `Predictor.predict` on batches already in memory, in its own (pinned) batch buffers as the
     job's readers fill them (host-to-device copy of the uint8 batch, forward, NMS, detections out), images/s;
   * read: `read_patches` alone over the job's batches, images/s;
-  * read_scaling: `read_patches` over the whole grid with 1, 4, 8, 16 (`--read-threads`) reader threads, each
-    with its own handle, reading runs of 8 windows as the job's readers do, windows/s;
+  * read_scaling: windows/s over the whole grid with 1, 4, 8, 16 (`--read-threads`) reader threads, each with its
+    own handle: the job's `BatchReader` (each block decoded once, shared), and runs of 8 windows per thread read
+    straight from the raster as the readers did before;
   * job: `tiler predict --runner auto` in a fresh process (the default on a one-GPU machine is in-process),
-    with its report: windows / wall time of the job (model load excluded) and seconds per stage.
+    with its report: windows / wall time of the job (model load excluded) and seconds per stage; with
+    `--baseline DIR` the same job of earlier code too, alternating.
 Everything is printed as one JSON line per measurement and collected in DIR/gpu.json.
 """
 
@@ -118,22 +120,34 @@ def patches_of(src_path: Path, patch: int, batch: int, n_batches: int):
     return out
 
 
-def read_scaling(src_path: Path, patch: int, threads_list: list[int], chunk: int = 8) -> None:
-    """Windows/s of `read_patches` over the whole scene's grid with several reader threads, each through its own
-    handle and reading runs of `chunk` windows of a row, as the in-process runner's readers do (GDAL settings
-    from the environment, e.g. GDAL_NUM_THREADS)."""
+def read_scaling(src_path: Path, patch: int, threads_list: list[int], batch: int, chunk: int = 8) -> None:
+    """Windows/s over the whole scene's grid with several reader threads, each through its own handle, two ways:
+    "cells", the in-process runner's `BatchReader` (batches of `batch`, each block decoded once and shared), and
+    "runs", `read_patches` on runs of `chunk` windows of a row per thread as the readers did before (each handle
+    decodes what it reads, again where another thread read it). GDAL settings from the environment."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
 
-    from tiler.pipeline import read_patches
+    from tiler.pipeline import BatchSpec, read_patches
     from tiler.raster import RasterSource, gdal_env
+    from tiler.runners.local import BatchReader
 
     with RasterSource(str(src_path)) as src:
         origins = grid_origins(src.width, patch)
-        runs = [(lo, min(lo + chunk, len(origins))) for lo in range(0, len(origins), chunk)]
         for threads in threads_list:
+            specs = [BatchSpec(0, k, np.arange(k, min(k + batch, len(origins))), origins[k:k + batch],
+                               (patch, patch)) for k in range(0, len(origins), batch)]
+            reader = BatchReader({0: src}, threads, lambda n, h, w: np.empty((n, h, w, 3), np.uint8), batch)
+            t = time.perf_counter()
+            for got in reader.batches(specs):
+                reader.give_back(got.buffer)
+            dt = time.perf_counter() - t
+            emit(step="read_scaling", how="cells", threads=threads, windows=len(origins),
+                 gdal_num_threads=os.environ.get("GDAL_NUM_THREADS"), images_per_s=round(len(origins) / dt, 1))
+
+            runs = [(lo, min(lo + chunk, len(origins))) for lo in range(0, len(origins), chunk)]
             local = threading.local()
             handles = []
 
@@ -149,11 +163,14 @@ def read_scaling(src_path: Path, patch: int, threads_list: list[int], chunk: int
                 dt = time.perf_counter() - t
             for h in handles:
                 h.close()
-            emit(step="read_scaling", threads=threads, windows=len(origins),
+            emit(step="read_scaling", how="runs", threads=threads, windows=len(origins),
                  gdal_num_threads=os.environ.get("GDAL_NUM_THREADS"), images_per_s=round(len(origins) / dt, 1))
 
 
-def model_level(model: str, batches, imgsz: int, half: bool, device: str, profile: Path | None = None) -> None:
+def model_level(model: str, batches, imgsz: int, half: bool, device: str, profile: Path | None = None,
+                passes: int = 5):
+    """images/s of `Predictor.predict` over `batches` (`passes` times), after two warm-up batches. Returns the
+    detections of the last pass."""
     from tiler.model.predictor import Predictor
 
     pred = Predictor(model, imgsz=imgsz, device=device, half=half, batch=len(batches[0]))
@@ -164,11 +181,11 @@ def model_level(model: str, batches, imgsz: int, half: bool, device: str, profil
         pinned[-1][:] = b
     batches = pinned
     pred.predict(batches[0])
+    pred.predict(batches[0])
     sync()
     t = time.perf_counter()
-    n = 0
-    for b in batches:
-        n += len(pred.predict(b))
+    for _ in range(passes):
+        found = [pred.predict(b) for b in batches]
     sync()
     dt = time.perf_counter() - t
     if profile is not None:  # where the time of `Predictor.predict` goes, a second pass under cProfile
@@ -183,31 +200,51 @@ def model_level(model: str, batches, imgsz: int, half: bool, device: str, profil
         prof.disable()
         with open(profile, "w") as f:
             pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(30)
-    emit(step="model", batch=len(batches[0]), half=half, images_per_s=round(len(batches) * len(batches[0]) / dt, 1),
-         detections=n)
+    emit(step="model", batch=len(batches[0]), half=half,
+         images_per_s=round(passes * len(batches) * len(batches[0]) / dt, 1), detections=sum(map(len, found)))
+    return found
 
 
-def job(model: str, tif: Path, patch: int, batch: int, half: bool, out: Path, extra: list[str]) -> None:
+# `tiler predict` under a GIL switch interval of argv[1] s (Python's default 0.005), profiled (cProfile: on
+# Python 3.12 every thread) into argv[2] unless it is "-"
+_LAUNCH = """import cProfile, pstats, runpy, sys
+sys.setswitchinterval(float(sys.argv[1]))
+path, prof = sys.argv[2], cProfile.Profile()
+sys.argv = ["tiler", *sys.argv[3:]]
+if path != "-":
+    prof.enable()
+try:
+    runpy.run_module("tiler.cli", run_name="__main__")
+finally:
+    if path != "-":
+        prof.disable()
+        with open(path, "w") as f:
+            pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(40)
+"""
+
+
+def job(model: str, tif: Path, patch: int, batch: int, half: bool, out: Path, extra: list[str],
+        repo: Path = REPO, switch: float = 0.005, profile: Path | None = None) -> None:
     cfg = out / f"job-b{batch}-{'fp16' if half else 'fp32'}.yaml"
     cfg.write_text(f"half: {str(half).lower()}\n")
     rep = out / "report.json"
     geo = out / "job.geojson"
-    cmd = [sys.executable, "-m", "tiler.cli", "predict", str(tif), "--model", model, "--patch-size", str(patch),
+    cmd = [sys.executable, "-c", _LAUNCH, str(switch), str(profile or "-"), "predict", str(tif), "--model", model, "--patch-size", str(patch),
            "--batch-size", str(batch), "--config", str(cfg), "--report", str(rep), "--out", str(geo),
            "--no-progress", *extra]
     t = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     wall = time.perf_counter() - t
     if p.returncode:
-        emit(step="job", batch=batch, half=half, extra=extra, error=(p.stderr or p.stdout)[-800:])
+        emit(step="job", code=str(repo), switch=switch, batch=batch, half=half, extra=extra, error=(p.stderr or p.stdout)[-800:])
         return
     r = json.loads(rep.read_text())
     stats = r.get("stats", r)
     seconds = stats.get("seconds", {})
     windows = stats.get("windows_run")
     job_s = seconds.get("total")
-    emit(step="job", batch=batch, half=half, extra=extra, process_s=round(wall, 2), job_s=job_s, windows=windows,
+    emit(step="job", code=str(repo), switch=switch, batch=batch, half=half, extra=extra, process_s=round(wall, 2), job_s=job_s, windows=windows,
          seconds=seconds, runner=stats.get("runner"), backend=stats.get("backend"),
          read_threads=stats.get("read_threads"),
          images_per_s=round(windows / (job_s - seconds.get("load_model", 0)), 1) if windows and job_s else None)
@@ -225,6 +262,13 @@ def main() -> int:
     ap.add_argument("--read-threads", default="1,4,8,16", help="read_scaling: reader thread counts")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--profile", action="store_true", help="model: also a cProfile of Predictor.predict")
+    ap.add_argument("--precisions", default="fp32,fp16", help="model and job: fp32, fp16 or both (on CUDA)")
+    ap.add_argument("--baseline", type=Path, help="a copy of earlier code (a folder holding its tiler package): "
+                    "its job runs too, alternating with this code's, --repeat times each")
+    ap.add_argument("--repeat", type=int, default=1, help="job: runs of each code")
+    ap.add_argument("--switch-intervals", default="0.005",
+                    help="job: Python's GIL switch intervals (s) to run this code's job under, each")
+    ap.add_argument("--profile-job", action="store_true", help="job: one more run, its main thread profiled")
     ap.add_argument("--iters", type=int, default=30, help="raw: timed forward passes per case")
     ap.add_argument("--job-extra", action="append", default=[],
                     help="extra `tiler predict` arguments for one more job run (repeatable)")
@@ -238,11 +282,11 @@ def main() -> int:
          cpus=os.cpu_count(), python=sys.version.split()[0])
     steps = args.steps.split(",")
     batches = [int(b) for b in args.batch.split(",")]
-    halves = (False, True) if args.device.startswith("cuda") else (False,)
+    halves = tuple(p == "fp16" for p in args.precisions.split(",") if args.device.startswith("cuda") or p == "fp32")
     needs_scene = bool({"read", "read_scaling", "model", "job"} & set(steps))
     tif = scene(Path(f"/tmp/bench_gpu_scene{args.size}.tif"), args.size) if needs_scene else None
     if "read_scaling" in steps:
-        read_scaling(tif, args.patch, [int(t) for t in args.read_threads.split(",")])
+        read_scaling(tif, args.patch, [int(t) for t in args.read_threads.split(",")], batches[-1])
     for b in batches:
         for half in halves:
             if "raw" in steps:
@@ -255,13 +299,20 @@ def main() -> int:
                 pats = patches_of(tif, args.patch, b, max(4, 256 // b))
                 if "model" in steps:
                     for half in halves:
+                        tag = f"b{b}-{'fp16' if half else 'fp32'}"
                         model_level(args.model, pats, args.patch, half, args.device,
-                                    out / f"profile-b{b}-{'fp16' if half else 'fp32'}.txt" if args.profile else None)
+                                    out / f"profile-{tag}.txt" if args.profile else None)
             except Exception:
                 emit(step="model", batch=b, error=traceback.format_exc()[-800:])
         if "job" in steps:
-            for half in halves:
-                job(args.model, tif, args.patch, b, half, out, ["--device", args.device])
+            for _ in range(args.repeat):
+                for repo in ([args.baseline.resolve()] if args.baseline else []) + [REPO]:
+                    for half in halves:
+                        for switch in ([0.005] if repo != REPO else [float(v) for v in args.switch_intervals.split(",")]):
+                            job(args.model, tif, args.patch, b, half, out, ["--device", args.device], repo, switch)
+            if args.profile_job:
+                job(args.model, tif, args.patch, b, False, out, ["--device", args.device],
+                    profile=out / f"profile-job-b{b}.txt")
             for extra in args.job_extra:
                 job(args.model, tif, args.patch, b, False, out, ["--device", args.device, *extra.split()])
     (out / "gpu.json").write_text(json.dumps(RESULTS, indent=1) + "\n")

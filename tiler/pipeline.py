@@ -190,7 +190,7 @@ def read_patches(source: RasterSource, patch_size: tuple[int, int], origins: np.
 def live_patches(patches: np.ndarray) -> np.ndarray:
     """Which patches of a batch hold any data (bool per patch): those read back entirely empty (nodata the coarse
     mask could not rule out) skip the model."""
-    return patches.reshape(len(patches), -1).any(axis=1)
+    return patches.reshape(len(patches), -1).max(axis=1, initial=0) > 0  # uint8 max: ~3x `any`'s speed
 
 
 def _strips(xy: np.ndarray, width: int) -> list[tuple[int, int]]:

@@ -90,7 +90,7 @@ class RasterSource:
         flags = ds.mask_flag_enums[self.bands[0] - 1]
         self.has_mask = MaskFlags.all_valid not in flags
         block_h, block_w = ds.block_shapes[self.bands[0] - 1]
-        self.block_height = block_h
+        self.block_height, self.block_width = block_h, block_w
         self.tiled = block_w < ds.width or ds.width <= 512
         # small images (PNG, JPEG frames) are striped by nature and cheap to read; warn where it costs
         if not self.tiled and ds.height > block_h and max(ds.width, ds.height) > STRIPED_WARN_SIZE:

@@ -3,9 +3,11 @@ model predicts the current one (GDAL releases the GIL while decoding), across fr
 
 On a CPU one reader is enough (the model needs the cores). A GPU model takes batches faster than one thread
 decodes them (an H200 ran yolov8n-obb at 640 px ~13x faster than one thread read deflate GeoTIFF windows), so
-there several threads read, each through its own handle of the frame (a GDAL dataset is not thread-safe), all of
-them on each batch in turn (a run of its windows each), straight into the batch buffer the model takes (pinned
-memory on a GPU: one asynchronous copy to the device, no stacking on the way)."""
+there several threads read (`BatchReader`), each through its own handle of the frame (a GDAL dataset is not
+thread-safe), all of them on each batch in turn: each decodes its share of the blocks the batch needs that no
+earlier batch decoded (`io.blocks`: each block once per job, shared), then cuts its run of the batch's windows
+straight into the batch buffer the model takes (pinned memory on a GPU: one asynchronous copy to the device, no
+stacking on the way)."""
 
 from __future__ import annotations
 
@@ -14,15 +16,20 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import numpy as np
 
 from ..config import JobConfig
 from ..errors import RasterError
+from ..io.blocks import BatchCells, FrameBlocks
 from ..pipeline import BatchResult, BatchSpec, infer_patches, live_patches, make_predictor, read_patches
 from ..raster import gdal_env
 from ..result import JobStats
+
+
+CELLS_GDAL_CACHE_MB = 16
 
 
 class LocalExecutor:
@@ -52,14 +59,70 @@ class LocalExecutor:
         cfg = self.cfg
         threads = read_threads(cfg.read_threads, self.predictor.device)
         self.stats.read_threads = threads
+        reader = BatchReader(self.sources, threads, self.predictor.batch_buffer, cfg.batch_size, cfg.gdal_cache_mb)
+        for got in reader.batches(specs, failed):
+            spec = got.spec
+            self.stats.add_time("read", got.seconds)
+            if got.live is None:
+                reader.give_back(got.buffer)
+                if got.error is not None:  # (else: the frame had failed already, and it was not read)
+                    yield BatchResult(spec.frame, spec.start, spec.window_ids, None, seconds=got.seconds,
+                                      error=got.error)
+                continue
+            t = time.perf_counter()
+            source = self.sources[spec.frame]
+            dets = infer_patches(self.predictor, spec.patch_size, (source.width, source.height),
+                                 got.buffer[:len(got.live)], spec.origins, spec.window_ids, got.live)
+            reader.give_back(got.buffer)  # the model is done with it: its results are on the host
+            predict_s = time.perf_counter() - t
+            self.stats.add_time("predict", predict_s)
+            yield BatchResult(spec.frame, spec.start, spec.window_ids, dets, empty=int((~got.live).sum()),
+                              seconds=got.seconds + predict_s)
+
+
+@dataclass
+class ReadBatch:
+    """A batch as the readers leave it: its patches are `buffer[:n]`; `live` says which hold data (None when it
+    was not read: its frame had failed, or `error`, the WindowReadError naming a window, or the frame gone)."""
+
+    spec: BatchSpec
+    buffer: np.ndarray
+    live: np.ndarray | None
+    seconds: float  # the read took as long as its slowest reader
+    error: RasterError | None = None
+
+
+class BatchReader:
+    """Reads a job's batches, in order, `ahead` of the one its caller is working on, with `threads` readers (each
+    through its own handle of the frame it reads: a GDAL dataset is not thread-safe), all of them on one batch at a
+    time: each decodes its share of the cells the batch needs that no earlier batch decoded (`io.blocks`), then
+    cuts its run of the batch's windows into the batch buffer (`batch_buffer(n, h, w)`, e.g. the model's pinned
+    memory; a job allocates one per batch in flight and reuses them)."""
+
+    def __init__(self, sources: dict, threads: int, batch_buffer: Callable[[int, int, int], np.ndarray],
+                 batch_size: int, gdal_cache_mb: int | None = None):
+        self.sources, self.threads, self.gdal_cache_mb = sources, threads, gdal_cache_mb
+        self.buffers = _BatchBuffers(batch_buffer, batch_size)
+        self.ahead = 2 if threads > 1 else 1  # batches being read while the caller works on one
+
+    def give_back(self, buffer: np.ndarray) -> None:
+        """The caller is done with a batch's buffer."""
+        self.buffers.give_back(buffer)
+
+    def batches(self, specs: list[BatchSpec], failed: Callable[[int], bool] = lambda frame: False
+                ) -> Iterator[ReadBatch]:
+        if not specs:
+            return
         local = threading.local()  # each reader's handle of the frame it reads: one frame open per reader
         handles, lock = set(), threading.Lock()  # the open ones, closed at the end
-        buffers = _BatchBuffers(self.predictor, cfg.batch_size)
+        blocks = self.blocks = _FrameBlocksOf(specs, self.sources)  # (kept for a look at the cells held)
 
-        def read(spec: BatchSpec, out, lo: int, hi: int):
-            """Windows lo:hi of `spec` into out[lo:hi]: (which hold data, seconds, error); (None, 0, None)
-            for a frame that has failed."""
+        def read(spec: BatchSpec, out, lo: int, hi: int, cells: BatchCells | None = None, runs=()):
+            """Windows lo:hi of `spec` into out[lo:hi] (from the frame's shared cells when given, decoding `runs`
+            of them first): (which hold data, seconds, error); (None, 0, None) for a frame that has failed."""
             if failed(spec.frame):
+                if cells is not None:
+                    blocks[spec.frame].give_up(runs, cells.cells)
                 return None, 0.0, None
             if getattr(local, "frame", None) != spec.frame:  # surveys have thousands of frames: close the last
                 with lock:
@@ -70,60 +133,92 @@ class LocalExecutor:
                     handles.add(local.source)
             t0 = time.perf_counter()
             try:
-                read_patches(local.source, spec.patch_size, spec.origins[lo:hi], spec.window_ids[lo:hi],
-                             spec.read_size, out=out[lo:hi])
+                if cells is None:
+                    read_patches(local.source, spec.patch_size, spec.origins[lo:hi], spec.window_ids[lo:hi],
+                                 spec.read_size, out=out[lo:hi])
+                else:
+                    frame = blocks[spec.frame]
+                    frame.decode(local.source, runs, cells.cells)
+                    frame.cut(local.source, spec.origins[lo:hi], spec.window_ids[lo:hi], cells.cells, out[lo:hi])
             except RasterError as exc:  # a corrupt window, or a frame gone since it was planned
                 return None, time.perf_counter() - t0, exc
             return live_patches(out[lo:hi]), time.perf_counter() - t0, None
 
         def submit(spec: BatchSpec) -> tuple[BatchSpec, np.ndarray, list]:
             n = len(spec.origins)
-            buffer = buffers.take(spec)
-            return spec, buffer, [pool.submit(read, spec, buffer[:n], lo, hi) for lo, hi in _chunks(n, threads)]
+            buffer = self.buffers.take(spec)
+            parts = _chunks(n, self.threads)
+            if spec.read_size is not None:  # decimated reads average per window: from the raster, one by one
+                return spec, buffer, [pool.submit(read, spec, buffer[:n], lo, hi) for lo, hi in parts]
+            cells = blocks.claim(spec, parts)
+            return spec, buffer, [pool.submit(read, spec, buffer[:n], lo, hi, cells, runs)
+                                  for (lo, hi), runs in zip(parts, cells.decode)]
 
         patch_h = max(s.patch_size[1] for s in specs)
-        ahead = 2 if threads > 1 else 1  # batches being read while the model predicts one
-        with gdal_env(list(self.sources.values()), patch_h, cfg.gdal_cache_mb):
-            pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tiler-read")
+        # blocks read for cells are decoded once and kept as cells: GDAL's own cache then needs to hold only
+        # what one read touches (a larger one would hold a second copy of the cells); decimated reads use it more
+        cache_mb = self.gdal_cache_mb or (CELLS_GDAL_CACHE_MB if all(s.read_size is None for s in specs) else None)
+        with gdal_env(list(self.sources.values()), patch_h, cache_mb):
+            pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="tiler-read")
             try:
-                pending = deque(submit(spec) for spec in specs[:ahead])
+                pending = deque(submit(spec) for spec in specs[:self.ahead])
                 for k in range(len(specs)):
                     spec, buffer, futures = pending.popleft()
                     parts = [f.result() for f in futures]
-                    if k + ahead < len(specs):
-                        pending.append(submit(specs[k + ahead]))
-                    # the readers share a batch and run at once: its read took as long as the slowest one
+                    blocks.release(spec)
+                    if k + self.ahead < len(specs):
+                        pending.append(submit(specs[k + self.ahead]))
                     read_s = max(p[1] for p in parts)
-                    self.stats.add_time("read", read_s)
                     error = next((p[2] for p in parts if p[2] is not None), None)
-                    if error is not None or any(p[0] is None for p in parts):
-                        buffers.give_back(buffer)
-                        if error is not None:  # (else: the frame had failed already, and it was not read)
-                            yield BatchResult(spec.frame, spec.start, spec.window_ids, None, seconds=read_s,
-                                              error=error)
-                        continue
-                    live = np.concatenate([p[0] for p in parts])
-                    t = time.perf_counter()
-                    source = self.sources[spec.frame]
-                    dets = infer_patches(self.predictor, spec.patch_size, (source.width, source.height),
-                                         buffer[:len(live)], spec.origins, spec.window_ids, live)
-                    buffers.give_back(buffer)  # the model is done with it: its results are on the host
-                    predict_s = time.perf_counter() - t
-                    self.stats.add_time("predict", predict_s)
-                    yield BatchResult(spec.frame, spec.start, spec.window_ids, dets, empty=int((~live).sum()),
-                                      seconds=read_s + predict_s)
+                    live = None if error is not None or any(p[0] is None for p in parts) else \
+                        np.concatenate([p[0] for p in parts])
+                    yield ReadBatch(spec, buffer, live, read_s, error)
             finally:  # also when the consumer stops early: reads not started are dropped, the readers joined
+                blocks.abandon()  # (a reader waiting for a cell that a dropped read would have decoded goes on)
                 pool.shutdown(wait=True, cancel_futures=True)
                 for source in handles:
                     source.close()
+
+
+class _FrameBlocksOf:
+    """The job's frames' shared cells (`FrameBlocks`), each made when its frame's first batch is claimed, for the
+    batches of that frame read from the raster at full resolution, in the job's order."""
+
+    def __init__(self, specs: list[BatchSpec], sources: dict):
+        self.sources = sources
+        self.batches: dict[int, list[BatchSpec]] = {}
+        for spec in specs:
+            if spec.read_size is None:
+                self.batches.setdefault(spec.frame, []).append(spec)
+        self.index = {(s.frame, s.start): k for batches in self.batches.values() for k, s in enumerate(batches)}
+        self.frames: dict[int, FrameBlocks] = {}
+
+    def __getitem__(self, frame: int) -> FrameBlocks:
+        return self.frames[frame]
+
+    def claim(self, spec: BatchSpec, parts: list[tuple[int, int]]) -> BatchCells:
+        frame = self.frames.get(spec.frame)
+        if frame is None:
+            src, batches = self.sources[spec.frame], self.batches[spec.frame]
+            frame = self.frames[spec.frame] = FrameBlocks(src.width, src.height, (src.block_width, src.block_height),
+                                                          spec.patch_size, [s.origins for s in batches])
+        return frame.claim(self.index[spec.frame, spec.start], parts, spec.origins)
+
+    def release(self, spec: BatchSpec) -> None:
+        if spec.read_size is None:
+            self.frames[spec.frame].release(self.index[spec.frame, spec.start])
+
+    def abandon(self) -> None:
+        for frame in self.frames.values():
+            frame.abandon()
 
 
 class _BatchBuffers:
     """Batch arrays the readers fill and the model takes (`Predictor.batch_buffer`: pinned host memory for a
     GPU), reused: a job allocates only as many as batches are in flight, per patch shape."""
 
-    def __init__(self, predictor, batch_size: int):
-        self.predictor, self.batch_size = predictor, batch_size
+    def __init__(self, batch_buffer: Callable[[int, int, int], np.ndarray], batch_size: int):
+        self.batch_buffer, self.batch_size = batch_buffer, batch_size
         self.free: dict[tuple[int, int], list[np.ndarray]] = {}
 
     def take(self, spec: BatchSpec) -> np.ndarray:
@@ -135,7 +230,7 @@ class _BatchBuffers:
             buffer = free.pop()
             if len(buffer) >= n:
                 return buffer
-        return self.predictor.batch_buffer(max(n, self.batch_size), h, w)
+        return self.batch_buffer(max(n, self.batch_size), h, w)
 
     def give_back(self, buffer: np.ndarray) -> None:
         self.free.setdefault(buffer.shape[1:3], []).append(buffer)
