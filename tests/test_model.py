@@ -213,3 +213,63 @@ def test_detect_model_is_the_segment_network_without_its_mask_branch():
     assert sum(len(r.boxes) for r in found_d) >= 8
     for d, s in zip(found_d, found_s):
         assert torch.equal(d.boxes.data, s.boxes.data)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("task", ["obb", "detect", "segment"])
+def test_cuda_graph_replays_give_the_layer_by_layer_detections(task):
+    """On a GPU the forward pass is replayed as a CUDA graph from the second batch of a shape on. A run of batches
+    (the same one twice, a smaller one that runs layer by layer and remakes the head's anchors, then others of
+    the first shape) gives what the model gives layer by layer: the same objects, classes and masks, and
+    coordinates and scores equal to float rounding (the same kernels run, in one launch)."""
+    spec = SceneSpec(2048, 2048, seed=4242)
+    a = [spec.render(x, y, 320, 320) for y in (0, 700, 1400) for x in (100, 900, 1700)]
+    b = [spec.render(x, 1000, 320, 320) for x in (0, 600, 1200)]
+    c = [spec.render(x, y, 320, 320) for y in (350, 1050, 1700) for x in (0, 500, 1000)]
+    graphed = Predictor(REPO / "models" / f"tiler-{task}.pt", imgsz=320, device="cuda:0", keep_masks=True)
+    plain = Predictor(REPO / "models" / f"tiler-{task}.pt", imgsz=320, device="cuda:0", keep_masks=True,
+                      cuda_graphs=False)
+    assert graphed.cuda_graphs and not plain.cuda_graphs
+    found = 0
+    for k, batch in enumerate([a, a, b, c, a]):
+        ours, ref = graphed.predict(batch), plain.predict(batch)
+        found += len(ref)
+        assert len(ours) == len(ref), k
+        assert np.array_equal(ours.class_id, ref.class_id) and np.array_equal(ours.window, ref.window), k
+        np.testing.assert_allclose(ours.coords, ref.coords, rtol=0, atol=1e-3, err_msg=str(k))
+        np.testing.assert_allclose(ours.score, ref.score, rtol=0, atol=1e-5, err_msg=str(k))
+        if task == "segment":
+            assert all(np.array_equal(ours.masks.crop(j)[0], ref.masks.crop(j)[0]) for j in range(len(ref))), k
+    assert found >= 20
+    assert len(graphed._ul.tiler_forward.calls) == 1  # the first shape's batches after the first were replayed
+    # launched one after the other, collected after: each batch's own detections (copied off the graph's memory)
+    first, second = graphed.launch(np.stack(a)), graphed.launch(np.stack(c))
+    for got, batch in ((graphed.collect(first), a), (graphed.collect(second), c)):
+        ref = plain.predict(batch)
+        assert len(got) == len(ref) and np.array_equal(got.class_id, ref.class_id)
+        np.testing.assert_allclose(got.coords, ref.coords, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("task", ["obb", "segment"])
+def test_batches_launched_before_the_one_before_is_collected_give_their_own_detections(task):
+    """The in-process runner launches a batch before it collects the one before (on a GPU the forward pass of
+    one runs while the host finishes the other): each batch still gets exactly its own detections."""
+    spec = SceneSpec(2048, 2048, seed=77)
+    batches = [np.stack([spec.render(x, y, 320, 320) for x in (0, 700, 1400)]) for y in (0, 900, 1600)]
+    p = Predictor(REPO / "models" / f"tiler-{task}.pt", imgsz=320, keep_masks=True)
+    alone = [p.predict(b) for b in batches]
+    assert sum(map(len, alone)) >= 10
+    launched = p.launch(batches[0])
+    for k in range(1, len(batches) + 1):
+        following = p.launch(batches[k]) if k < len(batches) else None
+        got = p.collect(launched)
+        assert len(got) == len(alone[k - 1]), k
+        for field in ("coords", "score", "class_id", "window"):
+            assert np.array_equal(getattr(got, field), getattr(alone[k - 1], field)), (k, field)
+        launched = following
