@@ -168,12 +168,12 @@ def read_scaling(src_path: Path, patch: int, threads_list: list[int], batch: int
 
 
 def model_level(model: str, batches, imgsz: int, half: bool, device: str, profile: Path | None = None,
-                cuda_graphs: bool = True, passes: int = 5):
-    """images/s of `Predictor.predict` over `batches` (`passes` times), after two warm-up batches (the second
-    captures the CUDA graph). Returns the detections of the last pass."""
+                passes: int = 5):
+    """images/s of `Predictor.predict` over `batches` (`passes` times), after two warm-up batches. Returns the
+    detections of the last pass."""
     from tiler.model.predictor import Predictor
 
-    pred = Predictor(model, imgsz=imgsz, device=device, half=half, batch=len(batches[0]), cuda_graphs=cuda_graphs)
+    pred = Predictor(model, imgsz=imgsz, device=device, half=half, batch=len(batches[0]))
     # in the model's own batch buffers (pinned host memory on a GPU), as the job's readers fill them
     pinned = []
     for b in batches:
@@ -200,7 +200,7 @@ def model_level(model: str, batches, imgsz: int, half: bool, device: str, profil
         prof.disable()
         with open(profile, "w") as f:
             pstats.Stats(prof, stream=f).sort_stats("tottime").print_stats(30)
-    emit(step="model", batch=len(batches[0]), half=half, cuda_graphs=pred.cuda_graphs,
+    emit(step="model", batch=len(batches[0]), half=half,
          images_per_s=round(passes * len(batches) * len(batches[0]) / dt, 1), detections=sum(map(len, found)))
     return found
 
@@ -275,7 +275,6 @@ def main() -> int:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    import numpy as np
     import torch
 
     emit(step="env", torch=torch.__version__, cuda=torch.version.cuda,
@@ -301,18 +300,8 @@ def main() -> int:
                 if "model" in steps:
                     for half in halves:
                         tag = f"b{b}-{'fp16' if half else 'fp32'}"
-                        found = {graphs: model_level(args.model, pats, args.patch, half, args.device,
-                                                     out / f"profile-{tag}-{graphs}.txt" if args.profile else None,
-                                                     cuda_graphs=graphs)
-                                 for graphs in ((True, False) if args.device.startswith("cuda") else (False,))}
-                        if len(found) == 2:  # replayed as a graph or layer by layer: the same detections?
-                            pairs = list(zip(found[True], found[False]))
-                            same_n = all(len(a) == len(b_) for a, b_ in pairs)
-                            emit(step="model_graph_equal", batch=b, half=half, same_count=same_n,
-                                 equal=same_n and all(np.array_equal(a.coords, b_.coords)
-                                                      and np.array_equal(a.score, b_.score) for a, b_ in pairs),
-                                 max_coord_diff=max((float(np.abs(a.coords - b_.coords).max(initial=0))
-                                                     for a, b_ in pairs), default=0) if same_n else None)
+                        model_level(args.model, pats, args.patch, half, args.device,
+                                    out / f"profile-{tag}.txt" if args.profile else None)
             except Exception:
                 emit(step="model", batch=b, error=traceback.format_exc()[-800:])
         if "job" in steps:

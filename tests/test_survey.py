@@ -198,9 +198,8 @@ def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
 
 def test_readers_fill_a_few_batch_buffers_and_reuse_them(survey, tmp_path, monkeypatch):
     """Readers write each batch into a buffer the model takes as it is (pinned memory on a GPU): a job allocates
-    only as many as batches are in flight (two with the model: one launched while the one before it is finished;
-    two being read), however many it runs. (That reused buffers give the same output is the test above: its
-    frames are batches too.)"""
+    only as many as batches are in flight (the one predicted and two being read), however many it runs. (That
+    reused buffers give the same output is the test above: its frames are batches too.)"""
     from tiler.model.predictor import Predictor
 
     made = []
@@ -215,7 +214,7 @@ def test_readers_fill_a_few_batch_buffers_and_reuse_them(survey, tmp_path, monke
     result = TileJob([str(p) for p in survey["frames"]], MODEL, out=out, runner="local", read_threads=3,
                      batch_size=4, **PARAMS).run()
     assert result.stats.windows_run == 9 * 16  # nine frames of 16 windows: 36 batches of 4
-    assert 1 <= len(made) <= 4 and all(m == (4, 320, 320) for m in made), made
+    assert 1 <= len(made) <= 3 and all(m == (4, 320, 320) for m in made), made
 
 
 class _Stop(Exception):

@@ -210,47 +210,18 @@ def infer_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size
                   live: np.ndarray | None = None) -> Detections:
     """Predict a batch of patches ((n, h, w, 3), as `read_patches` gives) and return detections in global pixel
     coordinates. Patches that are not `live` (default: `live_patches`) skip the model."""
-    return finish_patches(predictor, launch_patches(predictor, patch_size, raster_size, patches, origins,
-                                                    window_ids, live))
-
-
-@dataclass
-class LaunchedPatches:
-    """A batch whose forward pass is queued (`launch_patches`), for `finish_patches`."""
-
-    launched: object  # the predictor's (None: no live patch)
-    live: np.ndarray
-    scale: float  # window px per patch px
-    origins: np.ndarray
-    window_ids: np.ndarray
-    patch_size: tuple[int, int]
-    raster_size: tuple[int, int]
-
-
-def launch_patches(predictor: Predictor, patch_size: tuple[int, int], raster_size: tuple[int, int],
-                   patches: np.ndarray, origins: np.ndarray, window_ids: np.ndarray,
-                   live: np.ndarray | None = None) -> LaunchedPatches:
-    """`infer_patches` in two halves (`Predictor.launch` / `collect`): a runner can launch the next batch before
-    it finishes this one. `patches` must stay as they are until finished."""
     live = live_patches(patches) if live is None else live
-    launched = None
-    if live.any():
-        launched = predictor.launch(patches if live.all() else patches[live])
-    return LaunchedPatches(launched, live, patch_size[0] / patches.shape[2], origins, window_ids, patch_size,
-                           raster_size)
-
-
-def finish_patches(predictor: Predictor, batch: LaunchedPatches) -> Detections:
-    """The detections of a launched batch, in global pixel coordinates."""
-    if batch.launched is None:
+    if not live.any():
         return Detections.empty()
-    local = predictor.collect(batch.launched)
-    if batch.scale != 1:  # patches read decimated: the model saw them smaller than the window
-        local = local.scaled(batch.scale)
+    batch = patches if live.all() else patches[live]
+    local = predictor.predict(batch)
+    scale = patch_size[0] / patches.shape[2]
+    if scale != 1:  # patches read decimated: the model saw them smaller than the window
+        local = local.scaled(scale)
     # an outline cut by the window edge ends within a pixel or two of it in the model's pixels: `scale` times
     # that in the raster's, or a cut view would pass for a whole one and win the merge
-    return to_global(local, np.asarray(batch.origins)[batch.live], np.asarray(batch.window_ids)[batch.live],
-                     batch.patch_size, batch.raster_size, seam_margin=SEAM_MARGIN * max(batch.scale, 1.0))
+    return to_global(local, np.asarray(origins)[live], np.asarray(window_ids)[live], patch_size, raster_size,
+                     seam_margin=SEAM_MARGIN * max(scale, 1.0))
 
 
 def merge(cfg: JobConfig, dets: Detections, task: str, window_boxes: np.ndarray,

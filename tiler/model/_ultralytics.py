@@ -12,8 +12,7 @@
   `model.predictor` (so the caller's `model.predict` cannot change it);
 - for detect and OBB, a batch's results are built as arrays (`BoxOutput`), not one Results object per image;
   OBB NMS runs for the whole batch at once (`nms.batched_rotated_nms`);
-- an OpenVINO model is compiled with a compile cache (`openvino_compile_cache`);
-- on a CUDA GPU, a torch model's forward pass is replayed as a CUDA graph (`capture_forward`, cuda_graph.py).
+- an OpenVINO model is compiled with a compile cache (`openvino_compile_cache`).
 """
 
 from __future__ import annotations
@@ -159,53 +158,17 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
     With `raw_segments`, a segmentation model's results are `SegmentOutput`s instead of Results: boxes
     after NMS, scaled to the patch, with their mask coefficients and the image's prototypes, so masks can
     be made per object instead of Ultralytics' full-image mask per object."""
-    return finish_stages(ul, launch_stages(ul, patches), raw_segments)
-
-
-class Launched:
-    """A batch whose forward pass has been queued (`launch_stages`), for `finish_stages`."""
-
-    def __init__(self, images: list[np.ndarray], x, preds, done):
-        self.images, self.x, self.preds, self.done = images, x, preds, done
-
-
-def launch_stages(ul, patches: list[np.ndarray]) -> Launched:
-    """The first half of `run_stages`: the batch to the device and its forward pass. On a CUDA GPU (a torch
-    model, `capture_forward`) the pass is queued on a stream of its own and this returns at once, so the caller
-    can finish the batch before (its NMS and postprocess, on the host mostly) while the GPU runs this one."""
     import torch
 
     # one (n, h, w, 3) array is used as it is (torch cannot wrap a read-only one, e.g. unpickled from bytes)
     batch = patches if isinstance(patches, np.ndarray) and patches.ndim == 4 and patches.flags.writeable else None
     images = list(patches)
-    stream = getattr(ul, "tiler_stream", None)
-    with torch.inference_mode(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
-        u8 = _device_batch(ul, images, batch)
-        forward = getattr(ul, "tiler_forward", None)  # a CUDA torch model's, replayed as a graph (cuda_graph.py)
-        if forward is None:
-            x, preds = _forward(ul, u8)
-        else:  # the network input stays in the graph's memory: postprocess reads only its shape
-            n, h, w, c = u8.shape
-            x, preds = torch.empty((n, c, h, w), device="meta"), forward(u8)
-        done = None
-        if stream is not None:
-            done = torch.cuda.Event()
-            done.record(stream)
-    return Launched(images, x, preds, done)
-
-
-def finish_stages(ul, launched: Launched, raw_segments: bool = False) -> list:
-    """The second half of `run_stages`: NMS and postprocess of a launched batch (on the default stream, after its
-    forward pass)."""
-    import torch
-
-    images, x, preds = launched.images, launched.x, launched.preds
     with torch.inference_mode():
-        if launched.done is not None:
-            stream = torch.cuda.current_stream(_tensors(preds)[0].device)
-            stream.wait_event(launched.done)
-            for t in _tensors(preds):  # made on the forward stream, read on this one: not to be reused before
-                t.record_stream(stream)
+        x = _device_batch(ul, images, batch).permute(0, 3, 1, 2)
+        x = x.contiguous(memory_format=torch.channels_last if getattr(ul, "tiler_channels_last", False)
+                         else torch.contiguous_format)
+        x = (x.half() if ul.model.fp16 else x.float()).div_(255)
+        preds = ul.model(x)
         # postprocess pairs each image with a path from the current batch: (paths, images, log strings)
         ul.batch = ([""] * len(images), images, [""] * len(images))
         if raw_segments:
@@ -224,53 +187,9 @@ def finish_stages(ul, launched: Launched, raw_segments: bool = False) -> list:
             if boxes is not None:
                 return boxes
             results = ul.postprocess(preds, x, images)
-    if len(results) != len(images):  # an Ultralytics upgrade changed the internals this relies on
-        raise ModelError(f"Ultralytics returned {len(results)} results for {len(images)} patches")
+    if len(results) != len(patches):  # an Ultralytics upgrade changed the internals this relies on
+        raise ModelError(f"Ultralytics returned {len(results)} results for {len(patches)} patches")
     return results
-
-
-def _forward(ul, u8):
-    """(network input, raw predictions) for a uint8 (n, h, w, 3) batch on the model's device."""
-    import torch
-
-    x = u8.permute(0, 3, 1, 2)
-    x = x.contiguous(memory_format=torch.channels_last if getattr(ul, "tiler_channels_last", False)
-                     else torch.contiguous_format)
-    x = (x.half() if ul.model.fp16 else x.float()).div_(255)
-    return x, ul.model(x)
-
-
-def _tensors(tree) -> list:
-    """The tensors in nested lists and tuples."""
-    import torch
-
-    if isinstance(tree, torch.Tensor):
-        return [tree]
-    if isinstance(tree, (list, tuple)):
-        return [t for item in tree for t in _tensors(item)]
-    return []
-
-
-def capture_forward(ul) -> bool:
-    """On a CUDA device, for a torch model: replay the forward pass as a CUDA graph (`cuda_graph.CapturedCalls`)
-    and queue it on a stream of its own (see `launch_stages`), from here on. False (nothing changed) for other
-    models and devices."""
-    import torch
-
-    from .cuda_graph import CapturedCalls
-
-    from ultralytics.models.yolo.detect import DetectionPredictor
-    from ultralytics.models.yolo.obb import OBBPredictor
-    from ultralytics.models.yolo.segment import SegmentationPredictor
-
-    net = getattr(getattr(ul.model, "backend", None), "model", None)  # AutoBackend's torch module (8.4)
-    if torch.device(ul.device).type != "cuda" or getattr(ul.model, "format", None) != "pt" \
-            or not isinstance(net, torch.nn.Module) \
-            or type(ul) not in (DetectionPredictor, OBBPredictor, SegmentationPredictor):  # (their postprocess
-        return False  # reads only the shape of the network input)
-    ul.tiler_forward = CapturedCalls(lambda u8: _forward(ul, u8)[1], list(net.modules()))
-    ul.tiler_stream = torch.cuda.Stream(device=torch.device(ul.device))
-    return True
 
 
 class BoxOutput:

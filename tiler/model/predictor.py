@@ -96,16 +96,14 @@ class Predictor:
     `simplify` is their tolerance in pixels, `largest_part` keeps one polygon per object, and `keep_masks`
     attaches each object's bitmap (crop and offset) to the detections. `backend` other than auto exports a
     .pt model to that runtime first (backends.py); `openvino-int8` quantises it on `calibration`, RGB uint8
-    patches like those it will predict (a job takes them from its own windows). On a CUDA GPU a torch model's
-    forward pass is replayed as a CUDA graph per batch shape (`cuda_graphs`; see cuda_graph.py).
+    patches like those it will predict (a job takes them from its own windows).
     """
 
     def __init__(self, model, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
                  classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
                  threads: int | None = None, half: bool = False, simplify: float = 0.0,
                  largest_part: bool = False, keep_masks: bool = False, extra_args: dict | None = None,
-                 backend: str = "auto", batch: int = 16, calibration: list[np.ndarray] | None = None,
-                 cuda_graphs: bool = True):
+                 backend: str = "auto", batch: int = 16, calibration: list[np.ndarray] | None = None):
         self.device = resolve_device(device)
         # a path is loaded here (exported first when `backend` asks for another runtime than the file's);
         # an Ultralytics model object (YOLO, RTDETR, FastSAM) is used as it is
@@ -142,9 +140,6 @@ class Predictor:
             if isinstance(exc, ModelError) or self.backend == "torch":
                 raise
             raise ModelError(f"cannot load model {self.model.model}: {first_line(exc)}") from None
-        # predict() has each batch's results on the host before the next batch: graph replays may reuse outputs
-        self._ul.tiler_forward = None
-        self.cuda_graphs = cuda_graphs and _ultralytics.capture_forward(self._ul)
         self.names: dict[int, str] = dict(self._ul.model.names)
         if classes is not None:
             unknown = [c for c in classes if c not in self.names]
@@ -187,23 +182,10 @@ class Predictor:
     def predict(self, patches: list[np.ndarray] | np.ndarray) -> Detections:
         """Detections in patch pixels, `window` = each one's index in `patches` (a list of (h, w, 3) uint8 RGB
         patches, or one (n, h, w, 3) batch, e.g. a `batch_buffer`)."""
-        return self.collect(self.launch(patches))
-
-    def launch(self, patches: list[np.ndarray] | np.ndarray) -> "_ultralytics.Launched | None":
-        """`predict` in two halves: this one queues the forward pass (on a GPU it returns at once), `collect`
-        gives the detections. A caller may launch the next batch before it collects this one, so that the GPU
-        runs the next batch while the host finishes this one; `patches` must stay as they are until collected."""
         if len(patches) == 0:
-            return None
-        return _ultralytics.launch_stages(self._ul, patches)
-
-    def collect(self, launched: "_ultralytics.Launched | None") -> Detections:
-        """The detections of a launched batch (see `launch`)."""
-        if launched is None:
             return Detections.empty()
         segment = self.task == "segment"
-        patches = launched.images
-        results = _ultralytics.finish_stages(self._ul, launched, raw_segments=segment)
+        results = _ultralytics.run_stages(self._ul, patches, raw_segments=segment)
         if isinstance(results, _ultralytics.BoxOutput):
             return Detections.from_polygons(results.corners, results.cls, results.conf, results.image)
         if segment:

@@ -24,8 +24,7 @@ import numpy as np
 from ..config import JobConfig
 from ..errors import RasterError
 from ..io.blocks import BatchCells, FrameBlocks
-from ..pipeline import (BatchResult, BatchSpec, finish_patches, launch_patches, live_patches, make_predictor,
-                        read_patches)
+from ..pipeline import BatchResult, BatchSpec, infer_patches, live_patches, make_predictor, read_patches
 from ..raster import gdal_env
 from ..result import JobStats
 
@@ -61,16 +60,10 @@ class LocalExecutor:
         threads = read_threads(cfg.read_threads, self.predictor.device)
         self.stats.read_threads = threads
         reader = BatchReader(self.sources, threads, self.predictor.batch_buffer, cfg.batch_size, cfg.gdal_cache_mb)
-        # each batch is launched before the one before it is finished: on a GPU the forward pass of one runs
-        # while the host does the NMS and postprocess of the other (on a CPU the order of work is all it changes)
-        running = None  # (read batch, launched, seconds so far)
         for got in reader.batches(specs, failed):
             spec = got.spec
             self.stats.add_time("read", got.seconds)
             if got.live is None:
-                if running is not None:
-                    yield self._finish(reader, *running)
-                    running = None
                 reader.give_back(got.buffer)
                 if got.error is not None:  # (else: the frame had failed already, and it was not read)
                     yield BatchResult(spec.frame, spec.start, spec.window_ids, None, seconds=got.seconds,
@@ -78,24 +71,13 @@ class LocalExecutor:
                 continue
             t = time.perf_counter()
             source = self.sources[spec.frame]
-            launched = launch_patches(self.predictor, spec.patch_size, (source.width, source.height),
-                                      got.buffer[:len(got.live)], spec.origins, spec.window_ids, got.live)
-            launch_s = time.perf_counter() - t
-            if running is not None:
-                yield self._finish(reader, *running)
-            running = (got, launched, launch_s)
-        if running is not None:
-            yield self._finish(reader, *running)
-
-    def _finish(self, reader: "BatchReader", got: "ReadBatch", launched, launch_s: float) -> BatchResult:
-        t = time.perf_counter()
-        dets = finish_patches(self.predictor, launched)
-        reader.give_back(got.buffer)  # the model is done with it: its results are on the host
-        predict_s = launch_s + time.perf_counter() - t
-        self.stats.add_time("predict", predict_s)
-        spec = got.spec
-        return BatchResult(spec.frame, spec.start, spec.window_ids, dets, empty=int((~got.live).sum()),
-                           seconds=got.seconds + predict_s)
+            dets = infer_patches(self.predictor, spec.patch_size, (source.width, source.height),
+                                 got.buffer[:len(got.live)], spec.origins, spec.window_ids, got.live)
+            reader.give_back(got.buffer)  # the model is done with it: its results are on the host
+            predict_s = time.perf_counter() - t
+            self.stats.add_time("predict", predict_s)
+            yield BatchResult(spec.frame, spec.start, spec.window_ids, dets, empty=int((~got.live).sum()),
+                              seconds=got.seconds + predict_s)
 
 
 @dataclass
