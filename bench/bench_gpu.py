@@ -229,23 +229,24 @@ def job(model: str, tif: Path, patch: int, batch: int, half: bool, out: Path, ex
     cfg.write_text(f"half: {str(half).lower()}\n")
     rep = out / "report.json"
     geo = out / "job.geojson"
-    cmd = [sys.executable, "-c", _LAUNCH, str(switch), str(profile or "-"), "predict", str(tif), "--model", model, "--patch-size", str(patch),
-           "--batch-size", str(batch), "--config", str(cfg), "--report", str(rep), "--out", str(geo),
-           "--no-progress", *extra]
+    cmd = [sys.executable, "-c", _LAUNCH, str(switch), str(profile or "-"), "predict", str(tif), "--model", model,
+           "--patch-size", str(patch), "--batch-size", str(batch), "--config", str(cfg), "--report", str(rep),
+           "--out", str(geo), "--no-progress", *extra]
     t = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     wall = time.perf_counter() - t
     if p.returncode:
-        emit(step="job", code=str(repo), switch=switch, batch=batch, half=half, extra=extra, error=(p.stderr or p.stdout)[-800:])
+        emit(step="job", code=str(repo), switch=switch, batch=batch, half=half, extra=extra,
+             error=(p.stderr or p.stdout)[-800:])
         return
     r = json.loads(rep.read_text())
     stats = r.get("stats", r)
     seconds = stats.get("seconds", {})
     windows = stats.get("windows_run")
     job_s = seconds.get("total")
-    emit(step="job", code=str(repo), switch=switch, batch=batch, half=half, extra=extra, process_s=round(wall, 2), job_s=job_s, windows=windows,
-         seconds=seconds, runner=stats.get("runner"), backend=stats.get("backend"),
+    emit(step="job", code=str(repo), switch=switch, batch=batch, half=half, extra=extra, process_s=round(wall, 2),
+         job_s=job_s, windows=windows, seconds=seconds, runner=stats.get("runner"), backend=stats.get("backend"),
          read_threads=stats.get("read_threads"),
          images_per_s=round(windows / (job_s - seconds.get("load_model", 0)), 1) if windows and job_s else None)
     geo.unlink(missing_ok=True)
@@ -307,8 +308,9 @@ def main() -> int:
         if "job" in steps:
             for _ in range(args.repeat):
                 for repo in ([args.baseline.resolve()] if args.baseline else []) + [REPO]:
+                    switches = [float(v) for v in args.switch_intervals.split(",")] if repo == REPO else [0.005]
                     for half in halves:
-                        for switch in ([0.005] if repo != REPO else [float(v) for v in args.switch_intervals.split(",")]):
+                        for switch in switches:
                             job(args.model, tif, args.patch, b, half, out, ["--device", args.device], repo, switch)
             if args.profile_job:
                 job(args.model, tif, args.patch, b, False, out, ["--device", args.device],

@@ -123,24 +123,21 @@ class FrameBlocks:
         """Windows at `origins` into `out` ((n, h, w, 3)) from the cells, waiting for those being decoded. A
         window over a failed cell is read from the raster, which raises the `WindowReadError` naming it."""
         pw, ph = self.patch_size
-        for k, (x, y, c0, c1, r0, r1) in enumerate(zip(*origins.T.tolist(), *(a.tolist() for a in
-                                                                               self._span(origins)))):
+        spans = zip(*origins.T.tolist(), *(a.tolist() for a in self._span(origins)))
+        for k, (x, y, c0, c1, r0, r1) in enumerate(spans):
+            over = [(row, col, cells[row * self.cols + col]) for row in range(r0, r1 + 1) for col in range(c0, c1 + 1)]
+            for _, _, cell in over:
+                cell.ready.wait()
+            if any(cell.failed for _, _, cell in over):
+                source.read(x, y, pw, ph, window_id=int(window_ids[k]), into=out[k])
+                continue
             if x < 0 or y < 0 or x + pw > self.width or y + ph > self.height:
                 out[k] = 0  # the part outside the raster
-            for row in range(r0, r1 + 1):
-                for col in range(c0, c1 + 1):
-                    cell = cells[row * self.cols + col]
-                    cell.ready.wait()
-                    if cell.failed:
-                        source.read(x, y, pw, ph, window_id=int(window_ids[k]), into=out[k])
-                        break
-                    cx, cy = col * self.cw, row * self.ch
-                    ax, ay = max(x, cx), max(y, cy)
-                    bx, by = min(x + pw, cx + self.cw, self.width), min(y + ph, cy + self.ch, self.height)
-                    out[k, ay - y:by - y, ax - x:bx - x] = cell.pixels[ay - cy:by - cy, ax - cx:bx - cx]
-                else:
-                    continue
-                break
+            for row, col, cell in over:
+                cx, cy = col * self.cw, row * self.ch
+                ax, ay = max(x, cx), max(y, cy)
+                bx, by = min(x + pw, cx + self.cw, self.width), min(y + ph, cy + self.ch, self.height)
+                out[k, ay - y:by - y, ax - x:bx - x] = cell.pixels[ay - cy:by - cy, ax - cx:bx - cx]
 
     def give_up(self, runs: list[tuple[int, int, int]], cells: dict[int, _Cell]) -> None:
         """A reader that will not decode its runs (its frame has failed) marks their cells failed."""
