@@ -27,10 +27,10 @@ def read_job(src: RasterSource, origins: np.ndarray, patch: tuple[int, int], bat
     specs = [BatchSpec(0, k, np.arange(k, k + len(o)), o, patch)
              for k, o in ((k, origins[k:k + batch]) for k in range(0, len(origins), batch))]
     reader = BatchReader({0: src}, threads, lambda n, h, w: np.full((n, h, w, 3), 7, np.uint8), batch)
-    out, held = [], 0
+    out, held, blocks = [], 0, None
     for got in reader.batches(specs):
-        blocks = reader.blocks[0]
-        held = max(held, len(blocks.cells))
+        blocks = reader.blocks.frames.get(0, blocks)  # (dropped with the frame's last batch)
+        held = max(held, len(blocks.cells) if blocks is not None else 0)
         if got.error is not None:
             raise got.error
         out.append(got.buffer[:len(got.spec.origins)].copy())

@@ -206,7 +206,10 @@ class _FrameBlocksOf:
 
     def release(self, spec: BatchSpec) -> None:
         if spec.read_size is None:
-            self.frames[spec.frame].release(self.index[spec.frame, spec.start])
+            k = self.index[spec.frame, spec.start]
+            self.frames[spec.frame].release(k)
+            if k == len(self.batches[spec.frame]) - 1:  # the frame's last batch (a survey has thousands)
+                del self.frames[spec.frame]
 
     def abandon(self) -> None:
         for frame in self.frames.values():
