@@ -31,6 +31,11 @@ class _Cell:
         self.pixels: np.ndarray | None = None  # (h, w, 3) uint8, as `RasterSource.read` gives
         self.failed = False  # its decoding raised (the window reads say why) or was abandoned
 
+    def fail(self) -> None:
+        """It will not be decoded: readers waiting for it go on, reading their windows from the raster."""
+        self.failed = True
+        self.ready.set()
+
 
 @dataclass
 class BatchCells:
@@ -102,7 +107,7 @@ class FrameBlocks:
         """Decode runs of cells through `source` (this reader's handle). A run that fails marks its cells failed
         (the windows over them are then read one by one, so the error names one); every cell is made ready."""
         for row, first, last in runs:
-            keys = range(row * self.cols + first, row * self.cols + last + 1)
+            keys = self._run_keys(row, first, last)
             try:
                 x0, y0 = first * self.cw, row * self.ch
                 run = source.read(x0, y0, min((last + 1) * self.cw, self.width) - x0,
@@ -111,10 +116,10 @@ class FrameBlocks:
                     cells[key].pixels = run[:, (col - first) * self.cw:(col - first + 1) * self.cw]
             except BaseException as exc:
                 for key in keys:
-                    cells[key].failed = True
+                    cells[key].fail()
                 if not isinstance(exc, RasterError):
                     raise
-            finally:
+            else:
                 for key in keys:
                     cells[key].ready.set()
 
@@ -141,10 +146,12 @@ class FrameBlocks:
 
     def give_up(self, runs: list[tuple[int, int, int]], cells: dict[int, _Cell]) -> None:
         """A reader that will not decode its runs (its frame has failed) marks their cells failed."""
-        for row, first, last in runs:
-            for key in range(row * self.cols + first, row * self.cols + last + 1):
-                cells[key].failed = True
-                cells[key].ready.set()
+        for run in runs:
+            for key in self._run_keys(*run):
+                cells[key].fail()
+
+    def _run_keys(self, row: int, first: int, last: int) -> range:
+        return range(row * self.cols + first, row * self.cols + last + 1)
 
     def release(self, k: int) -> None:
         """Batch `k` is read: drop the cells no later batch needs."""
@@ -157,6 +164,5 @@ class FrameBlocks:
         with self.lock:
             for cell in self.cells.values():
                 if not cell.ready.is_set():
-                    cell.failed = True
-                    cell.ready.set()
+                    cell.fail()
             self.cells.clear()
