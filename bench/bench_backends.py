@@ -1,6 +1,10 @@
-"""Inference backends side by side: torch (.pt) against its OpenVINO (fp32 and int8) and ONNX Runtime exports.
+"""Inference backends side by side: torch (.pt, fp32 and bf16) against its OpenVINO (fp32 and int8) and ONNX Runtime
+exports.
 
-    .venv/bin/python bench/bench_backends.py [--reps 5] [--backends torch,openvino,openvino-int8,onnx]
+    .venv/bin/python bench/bench_backends.py [--reps 5] [--backends torch,torch-bf16,openvino,openvino-int8,onnx]
+
+`torch` is the .pt in fp32 (`precision="fp32"`), `torch-bf16` the .pt in bf16 (the default on a CPU with native
+bfloat16; skipped on others); the exports run at their runtime's own precision.
 
 1. Predict time per patch through tiler's Predictor (letterbox, forward, NMS, results), model loaded and
    warmed up, the backends interleaved `--reps` rounds, medians: the project's three models on 32 patches of
@@ -25,6 +29,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def job_args(b: str) -> dict:
+    """The Predictor / TileJob arguments that run backend name `b` of this bench."""
+    if b in ("torch", "torch-bf16"):
+        return {"backend": "auto", "precision": "bf16" if b == "torch-bf16" else "fp32"}
+    return {"backend": b}
 SHARED = ROOT.parent / "shared"
 P0706 = SHARED / "data" / "dota" / "P0706.png"
 DOTA_MODEL = SHARED / "models" / "yolov8n-obb.pt"
@@ -62,7 +73,7 @@ def per_patch(cases, backends: list[str], reps: int) -> list[dict]:
         predictors, export_s = {}, {}
         for b in backends:
             t = time.perf_counter()
-            predictors[b] = Predictor(str(model), imgsz=imgsz, backend="auto" if b == "torch" else b, batch=batch,
+            predictors[b] = Predictor(str(model), imgsz=imgsz, **job_args(b), batch=batch,
                                       calibration=patches if b == "openvino-int8" else None)
             export_s[b] = time.perf_counter() - t
             predictors[b].predict(patches[:batch])  # warm-up
@@ -93,7 +104,7 @@ def ship_f1(backends: list[str]) -> list[dict]:
     for b in backends:
         t = time.perf_counter()
         result = TileJob(P0706, DOTA_MODEL, patch_size=640, overlap=0.25, progress=False, runner="local",
-                         backend="auto" if b == "torch" else b).run()
+                         **job_args(b)).run()
         seconds = time.perf_counter() - t
         d = result.detections
         ship = np.asarray([result.names[int(c)] == "ship" for c in d.class_id], dtype=bool)
@@ -115,7 +126,7 @@ def whole_jobs(backends: list[str], reps: int) -> list[dict]:
             for b in backends:
                 t = time.perf_counter()
                 result = TileJob(tif, ROOT / "models" / "tiler-obb.pt", patch_size=320, overlap=0.25, progress=False,
-                                 runner="local", backend="auto" if b == "torch" else b).run()
+                                 runner="local", **job_args(b)).run()
                 if r:
                     rows[b].append((time.perf_counter() - t, len(result)))
     out = [{"backend": b, "job_s": float(np.median([s for s, _ in v])), "objects": v[0][1]} for b, v in rows.items()]
@@ -127,9 +138,14 @@ def whole_jobs(backends: list[str], reps: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--backends", default="torch,openvino,openvino-int8,onnx")
+    ap.add_argument("--backends", default="torch,torch-bf16,openvino,openvino-int8,onnx")
     args = ap.parse_args()
     backends = args.backends.split(",")
+    from tiler.model.predictor import cpu_has_native_bf16
+
+    if "torch-bf16" in backends and not cpu_has_native_bf16():
+        print("skipping torch-bf16: this CPU has no native bfloat16")
+        backends.remove("torch-bf16")
     os.environ["TILER_CACHE_DIR"] = tempfile.mkdtemp(prefix="tiler-bench-cache-")
     cases = [(f"tiler-{t} 320 px", ROOT / "models" / f"tiler-{t}.pt", 320, 16, scene_patches(32, 320))
              for t in ("obb", "detect", "segment")]

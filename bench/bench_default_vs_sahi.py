@@ -16,7 +16,9 @@ children of a small wrapper process that only starts the run). The engines alter
 writing) over the job's own patches in the job's own batches, timed in a separate process with tiler's
 default threads and memory format; the job time is the one `tiler predict` reports (start-up excluded), the
 process time everything from exec to exit. `--also-backend B` adds `tiler predict --backend B` (and its own
-forward pass) to the rounds, after one run not counted that fills the export cache (its time is printed).
+forward pass) to the rounds, after one run not counted that fills the export cache (its time is printed);
+`--also-precision P` adds `tiler predict --precision P` and its forward pass likewise (e.g. fp32 beside the
+default, which is bf16 on a CPU with native bfloat16).
 """
 
 from __future__ import annotations
@@ -87,15 +89,19 @@ def run_measured(cmd: list[str]) -> tuple[float, float, str]:
     return res["wall"], res["rss"], res["out"]
 
 
-def tiler_run(image: Path, model: Path, patch: int, out: Path, backend: str | None = None) -> dict:
+def tiler_run(image: Path, model: Path, patch: int, out: Path, backend: str | None = None,
+              precision: str | None = None) -> dict:
     cmd = [str(TILER), "predict", str(image), "--model", str(model), "--patch-size", str(patch), "--overlap", "0.25",
            "--conf", "0.25", "--out", str(out), "--no-progress", "--report", str(out.with_suffix(".report.json"))]
     if backend:
         cmd += ["--backend", backend]
+    if precision:
+        cmd += ["--precision", precision]
     wall, rss, stdout = run_measured(cmd)
     stats = json.loads(out.with_suffix(".report.json").read_text())["stats"]
     sec = stats["seconds"]
     return {"seconds": float(sec["total"]), "runner": stats["runner"], "backend": stats["backend"],
+            "precision": stats.get("precision", ""),
             "load_model_seconds": float(sec["load_model"]), "predict_seconds": float(sec["predict"]),
             "process_seconds": wall, "peak_rss_mb": rss, "objects": stats["kept_detections"]}
 
@@ -108,9 +114,9 @@ def sahi_run(image: Path, model: Path, patch: int, out: Path) -> dict:
     return {"seconds": res["seconds"], "process_seconds": wall, "peak_rss_mb": rss, "objects": res["objects"]}
 
 
-def forward_child(image: str, model: str, patch: int, backend: str = "auto") -> None:
+def forward_child(image: str, model: str, patch: int, backend: str = "auto", precision: str = "auto") -> None:
     """The forward pass alone over the job's patches, in the job's batches (tiler's defaults; the model as a
-    job with `backend` loads it)."""
+    job with `backend` and `precision` loads it)."""
     sys.path.insert(0, str(REPO))
     import numpy as np
     import torch
@@ -119,7 +125,8 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto") -> 
     from tiler.config import JobConfig
     from tiler.frames import executor_config, plan_frames
 
-    cfg = JobConfig(source=image, model=model, patch_size=patch, overlap=0.25, conf=0.25, backend=backend)
+    cfg = JobConfig(source=image, model=model, patch_size=patch, overlap=0.25, conf=0.25, backend=backend,
+                    precision=precision)
     cfg = executor_config(cfg, plan_frames(cfg, [image]))
     predictor = pipeline.make_predictor(cfg)
     ul = predictor._ul
@@ -131,7 +138,9 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto") -> 
                                             plan.window_ids[start:start + cfg.batch_size])
             x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
             fmt = torch.channels_last if getattr(ul, "tiler_channels_last", False) else torch.contiguous_format
-            batches.append(x.contiguous(memory_format=fmt).float().div_(255))
+            x = x.contiguous(memory_format=fmt)
+            # the network's own arithmetic, as run_stages feeds it (bf16 where precision auto chose it)
+            batches.append((x.to(torch.bfloat16) if getattr(ul, "tiler_bf16", False) else x.float()).div_(255))
     with torch.inference_mode():
         ul.model(batches[0][:1])  # first-call allocations, as the job's first batch pays them too
         t = time.perf_counter()
@@ -139,7 +148,8 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto") -> 
             ul.model(x)
         seconds = time.perf_counter() - t
     print("RESULT " + json.dumps({"forward_seconds": seconds, "patches": int(sum(len(b) for b in batches)),
-                                  "batch": cfg.batch_size, "threads": predictor.threads}))
+                                  "batch": cfg.batch_size, "threads": predictor.threads,
+                                  "precision": predictor.precision}))
 
 
 def main() -> int:
@@ -150,11 +160,13 @@ def main() -> int:
     ap.add_argument("--skip-scene", action="store_true")
     ap.add_argument("--work", default=str(REPO / "out" / "bench"))
     ap.add_argument("--also-backend", metavar="B", help="also time `tiler predict --backend B`, and its forward pass")
-    ap.add_argument("--forward-child", nargs=4, metavar=("IMAGE", "MODEL", "PATCH", "BACKEND"))
+    ap.add_argument("--also-precision", metavar="P",
+                    help="also time `tiler predict --precision P` (e.g. fp32), and its forward pass")
+    ap.add_argument("--forward-child", nargs=5, metavar=("IMAGE", "MODEL", "PATCH", "BACKEND", "PRECISION"))
     args = ap.parse_args()
     if args.forward_child:
-        image, model, patch, backend = args.forward_child
-        forward_child(image, model, int(patch), backend)
+        image, model, patch, backend, precision = args.forward_child
+        forward_child(image, model, int(patch), backend, precision)
         return 0
     os.environ["YOLO_OFFLINE"] = "1"
     work = Path(args.work)
@@ -171,6 +183,8 @@ def main() -> int:
     engines = ["tiler", "sahi", "forward"]
     if args.also_backend:
         engines += ["tiler-" + args.also_backend, "forward-" + args.also_backend]
+    if args.also_precision:
+        engines += ["tiler@" + args.also_precision, "forward@" + args.also_precision]
     for name, image, model, patch in cases:
         runs: dict[str, list[dict]] = {e: [] for e in engines}
         if args.also_backend:  # fills the export cache, as a user's first job with that backend does
@@ -180,21 +194,23 @@ def main() -> int:
         for k in range(args.repeat):
             for engine in engines:
                 out = work / f"default-{name}-{engine}.json"
-                backend = engine.partition("-")[2] or None
+                base, _, precision = engine.partition("@")
+                backend = base.partition("-")[2] or None
                 if engine.startswith("tiler"):
-                    r = tiler_run(image, model, patch, out, backend)
+                    r = tiler_run(image, model, patch, out, backend, precision or None)
                 elif engine == "sahi":
                     r = sahi_run(image, model, patch, out)
                 else:
                     _, _, stdout = run_measured([sys.executable, __file__, "--forward-child", str(image), str(model),
-                                                 str(patch), backend or "auto"])
+                                                 str(patch), backend or "auto", precision or "auto"])
                     r = json.loads([ln for ln in stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
                 runs[engine].append(r)
                 print(name, engine, k + 1, json.dumps(r), flush=True)
         med = {e: {key: statistics.median(r[key] for r in rs) for key in rs[0] if isinstance(rs[0][key], float)}
                for e, rs in runs.items()}
         t, s, f = med["tiler"], med["sahi"], med["forward"]
-        print(f"{name}: tiler ({runs['tiler'][0]['runner']}, {runs['tiler'][0]['backend']}) job {t['seconds']:.2f} s, process "
+        print(f"{name}: tiler ({runs['tiler'][0]['runner']}, {runs['tiler'][0]['backend']}, "
+              f"{runs['tiler'][0]['precision']}) job {t['seconds']:.2f} s, process "
               f"{t['process_seconds']:.2f} s, peak {t['peak_rss_mb']:.0f} MB; SAHI job {s['seconds']:.2f} s, process "
               f"{s['process_seconds']:.2f} s, peak {s['peak_rss_mb']:.0f} MB; forward alone {f['forward_seconds']:.2f} s")
         print(f"{name}: tiler / SAHI: job {t['seconds'] / s['seconds']:.2f}x, process "
@@ -208,6 +224,13 @@ def main() -> int:
                   f"{fb['forward_seconds']:.2f} s; / SAHI: job {b['seconds'] / s['seconds']:.2f}x, peak RSS "
                   f"{b['peak_rss_mb'] / s['peak_rss_mb']:.2f}x; / default tiler job {b['seconds'] / t['seconds']:.2f}x;"
                   f" job / forward {b['seconds'] / fb['forward_seconds']:.2f}", flush=True)
+        if args.also_precision:
+            p, fp = med["tiler@" + args.also_precision], med["forward@" + args.also_precision]
+            print(f"{name}: tiler --precision {args.also_precision} job {p['seconds']:.2f} s, process "
+                  f"{p['process_seconds']:.2f} s, peak {p['peak_rss_mb']:.0f} MB, forward alone "
+                  f"{fp['forward_seconds']:.2f} s; / SAHI: job {p['seconds'] / s['seconds']:.2f}x; default tiler job "
+                  f"/ this {t['seconds'] / p['seconds']:.2f}x; job / forward {p['seconds'] / fp['forward_seconds']:.2f}",
+                  flush=True)
         if name == "mosaic":
             import rasterio
 

@@ -4,7 +4,8 @@ The default path on the generated 8192 scene is bound by the network (its forwar
 the question for the 0.4x-SAHI target is whether an fp32 network can still go much faster here. This prints the
 fp32 matrix-multiply rate torch reaches on this machine (the practical peak: a large square GEMM, the best of
 several) and each model's forward pass rate as tiler runs it (fused, channels-last, all cores, the job's batch),
-in GFLOP/s from Ultralytics' own FLOP count. Rounds interleave the GEMM and the models; medians.
+in GFLOP/s from Ultralytics' own FLOP count; on a CPU with native bfloat16 also the bf16 GEMM and the networks in
+bf16 (as precision auto runs them there). Rounds interleave the GEMMs and the models; medians.
 
     .venv/bin/python bench/bench_network_peak.py [--rounds 5]
 """
@@ -31,9 +32,11 @@ def main() -> int:
     from ultralytics.utils.torch_utils import get_flops
 
     from tiler.model import _ultralytics
-    from tiler.model.predictor import load_model
+    from tiler.model.predictor import cpu_has_native_bf16, load_model
 
     threads = _ultralytics.set_torch_threads(None)
+    precisions = ["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     nets = []
@@ -43,13 +46,17 @@ def main() -> int:
             continue
         net = load_model(path).model.fuse(verbose=False).eval().to(memory_format=torch.channels_last)
         x = torch.rand(batch, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
-        nets.append((f"{path.stem} {imgsz} px, batch {batch}", net, x, get_flops(net, imgsz)))
+        gflops = get_flops(net, imgsz)
+        for p in precisions:  # bf16: the network as precision auto runs it (`_ultralytics.bf16_network`)
+            nets.append((f"{path.stem} {imgsz} px, batch {batch}, {p}", _ultralytics.bf16_network(net) if p == "bf16"
+                         else net, x.to(dtypes[p]), gflops, p))
 
-    def gemm() -> float:
+    def gemm(p: str) -> float:
+        aa, bb = a.to(dtypes[p]), b.to(dtypes[p])
         best = 0.0
         for _ in range(5):
             t = time.perf_counter()
-            a @ b
+            aa @ bb
             best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
         return best
 
@@ -58,23 +65,27 @@ def main() -> int:
         net(x)
         return time.perf_counter() - t
 
-    rates: dict[str, list[float]] = {"gemm": []}
+    rates: dict[str, list[float]] = {}
     with torch.inference_mode():
-        gemm()
-        for _, net, x, _ in nets:
+        for p in precisions:
+            gemm(p)
+        for _, net, x, _, _ in nets:
             forward(net, x)
             forward(net, x)
         for _ in range(args.rounds):
-            rates["gemm"].append(gemm())
-            for name, net, x, gflops in nets:
+            for p in precisions:
+                rates.setdefault(f"gemm {p}", []).append(gemm(p))
+            for name, net, x, gflops, _ in nets:
                 rates.setdefault(name, []).append(gflops * len(x) / forward(net, x))
-    peak = statistics.median(rates["gemm"])
-    print(f"torch {torch.__version__}, {threads} threads; fp32 GEMM {n} x {n}: {peak:.1f} GFLOP/s "
-          f"(rounds: {', '.join(f'{r:.0f}' for r in rates['gemm'])})")
-    for name, _, x, gflops in nets:
+    peak = {p: statistics.median(rates[f"gemm {p}"]) for p in precisions}
+    for p in precisions:
+        print(f"torch {torch.__version__}, {threads} threads; {p} GEMM {n} x {n}: {peak[p]:.1f} GFLOP/s "
+              f"(rounds: {', '.join(f'{r:.0f}' for r in rates[f'gemm {p}'])})")
+    for name, _, x, gflops, p in nets:
         rate = statistics.median(rates[name])
         print(f"{name}: {gflops:.2f} GFLOPs per image, {gflops / rate * 1000:.1f} ms per image, {rate:.1f} GFLOP/s "
-              f"= {rate / peak:.0%} of the GEMM rate (rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
+              f"= {rate / peak[p]:.0%} of the {p} GEMM rate, {rate / peak['fp32']:.0%} of the fp32 one "
+              f"(rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
     return 0
 
 

@@ -130,7 +130,7 @@ out = {}
 first = {}
 for task in ("obb", "detect", "segment"):
     for name, patches in (("square", square), ("oblong", oblong)):
-        p = Predictor(f"models/tiler-{task}.pt", imgsz=320, threads=1, keep_masks=True)
+        p = Predictor(f"models/tiler-{task}.pt", imgsz=320, threads=1, keep_masks=True, precision="fp32")
         first[task, name] = (p, patches, p.predict(patches))
 out["torchvision_imported_by_tiler"] = "torchvision" in sys.modules
 

@@ -35,7 +35,9 @@ def test_driver_killed_mid_job_leaves_no_ray_process_behind(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", YOLO_OFFLINE="1")
     driver = subprocess.Popen([str(Path(sys.executable).parent / "tiler"), "predict", str(tif), "--model", str(MODEL),
-                               "--out", str(out), "--patch-size", "320", "--batch-size", "1", "--threads", "1",
+                               # 160 px windows, one per batch: about 20 s of work locally (bf16 here), so the
+                               # job is still running when the signal comes
+                               "--out", str(out), "--patch-size", "160", "--batch-size", "1", "--threads", "1",
                                "--runner", "ray", "--no-progress"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ours: set[psutil.Process] = set()
@@ -112,7 +114,9 @@ def test_ctrl_c_mid_job_exits_130_with_no_output_and_no_process_left(tmp_path, r
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="disabled", YOLO_OFFLINE="1")
     driver = subprocess.Popen([str(Path(sys.executable).parent / "tiler"), "predict", str(tif), "--model", str(MODEL),
-                               "--out", str(out), "--patch-size", "320", "--batch-size", "1", "--threads", "1",
+                               # 160 px windows, one per batch: about 20 s of work locally (bf16 here), so the
+                               # job is still running when the signal comes
+                               "--out", str(out), "--patch-size", "160", "--batch-size", "1", "--threads", "1",
                                "--runner", runner, "--no-progress"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               start_new_session=True,  # its own process group, as a shell gives a job

@@ -93,6 +93,10 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                         "name exports the .pt once into a cache ($TILER_CACHE_DIR, default ~/.cache/tiler) and runs "
                         "that; openvino-int8 also quantises it, calibrated on 128 of the job's windows (the fastest "
                         "here on a CPU; detections within about a point of the .pt's)")
+    p.add_argument("--precision", metavar="auto|fp32|fp16|bf16",
+                   help="the network's arithmetic: auto (default) is bf16 for a .pt on a CPU with native bfloat16 "
+                        "(AVX512-BF16 or AMX; about twice as fast, detections within about a point of fp32's, see "
+                        "README), else fp32; fp16 runs on a CUDA GPU; fp32 gives the .pt's own results")
     p.add_argument("--device", help="auto (CUDA if present, else the CPU; the default), cpu, cuda:N (an error if "
                    "absent)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
@@ -189,9 +193,9 @@ def load_job_spec(path: str | os.PathLike) -> dict:
 _CLI_TO_CONFIG = ("model", "out", "out_dir", "out_format", "dedup_frames", "fail_fast", "work_dir", "resume",
                   "keep_work", "patch_size", "overlap", "conf", "iou", "imgsz", "classes", "max_det", "nms_threshold",
                   "match_metric", "class_agnostic", "sorter", "merge", "simplify", "largest_part", "bands", "stretch",
-                  "gsd", "coarse_factor", "height", "dem", "stac_asset", "batch_size", "backend", "device", "threads",
-                  "read_threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers", "gpus_per_worker",
-                  "cpus_per_worker")
+                  "gsd", "coarse_factor", "height", "dem", "stac_asset", "batch_size", "backend", "precision", "device",
+                  "threads", "read_threads", "gdal_cache_mb", "crs", "report", "runner", "address", "workers",
+                  "gpus_per_worker", "cpus_per_worker")
 
 
 def predict_config(args) -> JobConfig:

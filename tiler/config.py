@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .merge import MATCH_METRICS, MERGE_METHODS, SORTERS
 from .model.backends import BACKENDS
+from .model.predictor import PRECISIONS
 
 RUNNERS = ("auto", "local", "ray")
 MERGES = ("auto", *MERGE_METHODS)
@@ -151,7 +152,7 @@ def _parse_source(value: Any) -> str | tuple[str, ...]:
 
 # what decides the detections, so what a resumed run must share with the one it continues
 RESULT_FIELDS = ("patch_size", "overlap", "bands", "stretch", "gsd", "height", "dem", "conf", "iou", "imgsz",
-                 "classes", "max_det", "batch_size", "device", "half", "backend", "nms_threshold", "match_metric",
+                 "classes", "max_det", "batch_size", "device", "precision", "backend", "nms_threshold", "match_metric",
                  "class_agnostic", "sorter", "sorter_bins", "merge", "simplify", "largest_part", "keep_masks",
                  "dedup_frames", "coarse_factor")
 
@@ -184,7 +185,7 @@ class JobConfig:
     batch_size: int | None = None  # default: auto_batch_size(model input size)
     device: str = "auto"
     threads: int | None = None  # torch threads; default all cores
-    half: bool = False
+    precision: str = "auto"  # auto | fp32 | fp16 (CUDA) | bf16 (CPU); auto: bf16 on a CPU that has it natively
     backend: str = "auto"  # the model file's own runtime (torch for .pt), or export a .pt to another (backends.py)
     # merge
     nms_threshold: float = 0.5
@@ -291,7 +292,7 @@ class JobConfig:
         if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v) or not 0 <= v <= 10:
             raise ConfigError(f"simplify must be a tolerance in pixels between 0 and 10, got {v!r}")
         set_("simplify", float(v))
-        for name in ("largest_part", "keep_masks", "half", "class_agnostic", "progress", "provenance", "fail_fast",
+        for name in ("largest_part", "keep_masks", "class_agnostic", "progress", "provenance", "fail_fast",
                      "checkpoint", "resume", "keep_work"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -303,6 +304,8 @@ class JobConfig:
                 raise ConfigError("coarse_factor cannot be combined with keep_masks: the coarse pass's masks are not "
                                   "full-resolution bitmaps")
             set_("coarse_factor", int(v))
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.backend != "auto" and self.backend not in BACKENDS:
             raise ConfigError(f"backend must be auto or one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.runner not in RUNNERS:

@@ -143,7 +143,7 @@ def plan(cfg: JobConfig, source: RasterSource, patch_size: tuple[int, int] | Non
 
 def make_predictor(cfg: JobConfig) -> Predictor:
     return Predictor(cfg.model, conf=cfg.conf, iou=cfg.iou, imgsz=cfg.model_imgsz, classes=cfg.classes,
-                     max_det=cfg.max_det, device=cfg.device, threads=cfg.threads, half=cfg.half,
+                     max_det=cfg.max_det, device=cfg.device, threads=cfg.threads, precision=cfg.precision,
                      simplify=cfg.simplify, largest_part=cfg.largest_part, keep_masks=cfg.keep_masks,
                      backend=cfg.backend, batch=cfg.batch_size)
 

@@ -72,6 +72,9 @@ class JobStats:
     batches_read_by_model_process: int = 0
     read_threads: int = 0  # in-process runner: threads reading windows ahead of the model
     backend: str = "torch"
+    # the network's arithmetic: fp32, fp16, bf16, or auto (an export's runtime chose); Ray: each one its actors
+    # used, joined by +
+    precision: str = ""
     raw_per_class: dict[str, int] = field(default_factory=dict)
     kept_per_class: dict[str, int] = field(default_factory=dict)
 

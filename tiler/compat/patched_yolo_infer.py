@@ -52,7 +52,7 @@ from ..detections import Detections, to_global
 from ..errors import ConfigError
 from ..grid import plan_windows
 from ..merge import sort_order
-from ..model import Predictor
+from ..model import Predictor, resolve_device
 from ..model.masks import largest_parts
 from ..pipeline import merge_indexed
 
@@ -165,16 +165,19 @@ class MakeCropsDetectThem:
                               "the same name")
         extra.pop("retina_masks", None)  # masks are always made at the crop's own resolution
         overlap = (_percent(overlap_x, "overlap_x"), _percent(overlap_y, "overlap_y"))
+        device = extra.pop("device", device)
+        # Ultralytics' half=True is fp16 on a GPU and ignored on a CPU; otherwise tiler's own choice (precision auto)
+        half = bool(extra.pop("half", False)) and resolve_device(str(device)).startswith("cuda")
         self.config = JobConfig(
             source=_IMAGE, model=os.fspath(model_path) if model is None else f"<{type(model).__name__} object>",
             patch_size=(shape_x, shape_y), overlap=overlap, conf=conf, iou=iou, imgsz=imgsz, classes=classes_list,
-            batch_size=batch_size, device=extra.pop("device", device), half=bool(extra.pop("half", False)),
+            batch_size=batch_size, device=device, precision="fp16" if half else "auto",
             max_det=extra.pop("max_det", 300), threads=threads, keep_masks=self.segment and not self.memory_optimize)
         cfg = self.config
         predictor = Predictor(model if model is not None else model_path, conf=cfg.conf, iou=cfg.iou,
                               imgsz=cfg.model_imgsz, classes=cfg.classes, max_det=cfg.max_det, device=cfg.device,
-                              threads=cfg.threads, half=cfg.half, simplify=cfg.simplify, keep_masks=cfg.keep_masks,
-                              extra_args=extra)
+                              threads=cfg.threads, precision=cfg.precision, simplify=cfg.simplify,
+                              keep_masks=cfg.keep_masks, extra_args=extra)
         self.model, self.task = predictor.model, predictor.task
         self.class_names_dict = predictor.names
         if self.segment and self.task != "segment":

@@ -12,7 +12,9 @@
   `model.predictor` (so the caller's `model.predict` cannot change it);
 - for detect and OBB, a batch's results are built as arrays (`BoxOutput`), not one Results object per image;
   OBB NMS runs for the whole batch at once (`nms.batched_rotated_nms`);
-- an OpenVINO model is compiled with a compile cache (`openvino_compile_cache`).
+- an OpenVINO model is compiled with a compile cache (`openvino_compile_cache`);
+- in bf16 (`bf16_network`), a copy of the network runs in bfloat16 up to its head's last layers, which run in
+  float32, as does the box decoding (anchors included: `make_anchors` is guarded for bfloat16 feature maps).
 """
 
 from __future__ import annotations
@@ -106,14 +108,15 @@ def openvino_compile_cache(folder: str | os.PathLike):
         openvino.Core.compile_model = original
 
 
-def setup_predictor(model, args: dict):
-    """The model's own Ultralytics predictor (task-specific letterbox, NMS and result scaling), set up once.
+def setup_predictor(model, args: dict, bf16: bool = False):
+    """The model's own Ultralytics predictor (task-specific letterbox, NMS and result scaling), set up once;
+    with `bf16`, its torch network runs in bfloat16 on the CPU (`bf16_network`).
 
     Its warm-up is skipped: on a CPU all it does is import torchvision (~1.6 s, as long as the whole
     forward pass of a small job) so that axis-aligned NMS runs through torchvision.ops.nms; Ultralytics'
     own NMS, used without it, keeps the same boxes (the tests compare with `YOLO.predict` output)."""
     kept = getattr(model, "tiler_predictor", None)
-    if kept is not None and _same(kept[0], args):
+    if kept is not None and _same(kept[0], args) and kept[2] == bf16:
         # the same model object set up again with the same arguments (tiler.compat makes a Predictor per call,
         # around the caller's model object): no second copy, fusing and set-up predict (~0.11 s a call here)
         return kept[1]
@@ -130,6 +133,9 @@ def setup_predictor(model, args: dict):
         import torch
 
         ul.model.backend.model.to(memory_format=torch.channels_last)
+    ul.tiler_bf16 = bf16
+    if bf16:
+        ul.model.backend.model = bf16_network(ul.model.backend.model)
     # one tiny public predict call sets the input size and source handling the documented way; then the model
     # gets its own predictor back, so that the caller's `model.predict(conf=...)` never changes tiler's
     previous, model.predictor = model.predictor, ul
@@ -139,8 +145,74 @@ def setup_predictor(model, args: dict):
             raise ModelError("Ultralytics replaced tiler's configured predictor; this version is unsupported")
     finally:
         model.predictor = previous
-    model.tiler_predictor = (dict(args), ul)
+    model.tiler_predictor = (dict(args), ul, bf16)
     return ul
+
+
+def bf16_supported_head(model) -> bool:
+    """Whether `bf16_network` knows the model's head: a YOLO Detect head or one of its subclasses (OBB, Segment),
+    one-to-many, in a torch .pt network."""
+    from ultralytics.nn.modules.head import Detect
+
+    net = model.model
+    head = net.model[-1] if hasattr(net, "model") and len(getattr(net, "model", ())) else None
+    return isinstance(head, Detect) and not getattr(head, "end2end", False)
+
+
+def bf16_network(net):
+    """A copy of the torch network (the caller's model object is left in float32) in bfloat16, except where
+    its head turns features into numbers: the last layer of each of the head's branches (box distances, class
+    logits, angles, mask coefficients) and of the mask prototypes runs in float32 on bfloat16 features, and the
+    DFL and box decoding run in float32. Decoded in bfloat16 (8 significant bits), a box corner at 500 px would
+    be rounded to 2 px; and scores made from bfloat16 logits tie so often that which of two tied boxes NMS keeps
+    would depend on the NMS implementation (Ultralytics uses torchvision's only where something imported it).
+
+    On a CPU with native bf16 (AVX512-BF16 or AMX) oneDNN's convolutions then run about twice as fast as in
+    float32; the detections stay those of the float32 network within the tolerance that bench/README.md
+    ("Precision on a CPU") measures."""
+    import copy
+
+    import torch
+    from ultralytics.nn.modules import head as ul_head
+
+    _guard_make_anchors(ul_head)
+    net = copy.deepcopy(net).to(torch.bfloat16)
+    head = net.model[-1]
+    head.dfl.float()
+
+    def float_tail(module: torch.nn.Module) -> None:
+        last = list(module.children())[-1]  # a branch's last layer: a Conv2d; the prototypes': a Conv
+        last.float()
+        last.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+
+    for name, child in head.named_children():
+        if isinstance(child, torch.nn.ModuleList):  # cv2, cv3, cv4: one branch per feature level
+            for branch in child:
+                float_tail(branch)
+        elif name == "proto":
+            float_tail(child)
+    # run_stages hands it bfloat16 batches; anything else (Ultralytics' own set-up predict) is cast on the way in
+    net.register_forward_pre_hook(lambda module, args: (args[0].to(torch.bfloat16), *args[1:]))
+    return net
+
+
+def _guard_make_anchors(ul_head) -> None:
+    """Make the head's anchors float32 for bfloat16 feature maps (it takes their dtype; anchors past 256 grid
+    cells cannot be told apart in bfloat16). Idempotent; float32 and float16 maps are left to the original."""
+    import torch
+
+    original = ul_head.make_anchors
+    if getattr(original, "_tiler_float_anchors", False):
+        return
+
+    @functools.wraps(original)
+    def make_anchors(feats, strides, grid_cell_offset=0.5):
+        if isinstance(feats, list) and feats and feats[0].dtype == torch.bfloat16:
+            feats = [torch.empty((0, 0, *f.shape[2:]), device=f.device) for f in feats]  # shapes only
+        return original(feats, strides, grid_cell_offset)
+
+    make_anchors._tiler_float_anchors = True
+    ul_head.make_anchors = make_anchors
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -167,7 +239,7 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
         x = _device_batch(ul, images, batch).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=torch.channels_last if getattr(ul, "tiler_channels_last", False)
                          else torch.contiguous_format)
-        x = (x.half() if ul.model.fp16 else x.float()).div_(255)
+        x = (x.half() if ul.model.fp16 else x.to(torch.bfloat16) if ul.tiler_bf16 else x.float()).div_(255)
         preds = ul.model(x)
         # postprocess pairs each image with a path from the current batch: (paths, images, log strings)
         ul.batch = ([""] * len(images), images, [""] * len(images))

@@ -21,6 +21,18 @@ from . import _ultralytics, backends  # noqa: E402
 from .masks import Letterbox, instance_masks, training_dilation  # noqa: E402
 
 TASKS = ("detect", "segment", "obb")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # auto: bf16 for a .pt on a CPU with native bf16, else fp32
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX): there oneDNN's bf16 convolutions
+    are about twice as fast as float32 ones; elsewhere bf16 is emulated, slower than float32."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # a torch without these probes: assume none
+        return False
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -40,6 +52,36 @@ def resolve_device(device: str = "auto") -> str:
             raise ModelError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
         return name
     return device
+
+
+_EXPORT_PRECISION = ("precision {precision} applies to .pt models run by torch; the {backend} backend runs at its "
+                     "runtime's own precision (leave precision auto)")
+
+
+def resolve_precision(precision: str, device: str, backend: str, model) -> str:
+    """The network's precision: fp32, fp16 (CUDA) or bf16 (a torch network on a CPU with native bf16); for an
+    export, 'auto' (its runtime's own choice: OpenVINO's is bf16 on such a CPU) or fp16 (a half export).
+
+    For a .pt, 'auto' is bf16 where that holds and the model's head is one `bf16_network` knows, else fp32:
+    measured on the development CPU (AVX512-BF16), bf16 runs the networks 1.5-2x faster and keeps the float32
+    network's detections within the tolerance that bench/README.md ("Precision on a CPU") reports. On a GPU
+    'auto' stays fp32 (its jobs are bound by the host, not by the network: bench/README.md, "One GPU")."""
+    if backend != "torch":
+        if precision in ("fp32", "bf16"):
+            raise ModelError(_EXPORT_PRECISION.format(precision=precision, backend=backend))
+        return precision
+    if precision in ("fp32", "fp16"):
+        return precision
+    ok = device == "cpu" and cpu_has_native_bf16() and _ultralytics.bf16_supported_head(model)
+    if precision == "auto" or ok:
+        return "bf16" if ok else "fp32"
+    if device != "cpu":
+        raise ModelError("precision bf16 runs on a CPU; on a GPU use fp16")
+    if not cpu_has_native_bf16():
+        raise ModelError("precision bf16 needs a CPU with native bfloat16 (AVX512-BF16 or AMX), and this one "
+                         "has none; use fp32")
+    raise ModelError(f"precision bf16 runs YOLO detect, OBB and segment heads; this {type(model.model).__name__} "
+                     "runs in fp32")
 
 
 def load_model(path: str | os.PathLike):
@@ -96,15 +138,24 @@ class Predictor:
     `simplify` is their tolerance in pixels, `largest_part` keeps one polygon per object, and `keep_masks`
     attaches each object's bitmap (crop and offset) to the detections. `backend` other than auto exports a
     .pt model to that runtime first (backends.py); `openvino-int8` quantises it on `calibration`, RGB uint8
-    patches like those it will predict (a job takes them from its own windows).
+    patches like those it will predict (a job takes them from its own windows). `precision` (PRECISIONS) is the
+    network's arithmetic: fp16 on a CUDA GPU, bf16 for a .pt on a CPU (see `resolve_precision`); the one used
+    is `self.precision`.
     """
 
     def __init__(self, model, conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
                  classes: tuple[int, ...] | None = None, max_det: int = 3000, device: str = "auto",
-                 threads: int | None = None, half: bool = False, simplify: float = 0.0,
+                 threads: int | None = None, precision: str = "auto", simplify: float = 0.0,
                  largest_part: bool = False, keep_masks: bool = False, extra_args: dict | None = None,
                  backend: str = "auto", batch: int = 16, calibration: list[np.ndarray] | None = None):
         self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "fp16" and not self.device.startswith("cuda"):
+            raise ModelError("precision fp16 runs on a CUDA GPU; on a CPU use bf16 (where the CPU has it) or fp32")
+        if precision in ("fp32", "bf16") and backend not in ("auto", "torch"):  # said before anything is exported
+            raise ModelError(_EXPORT_PRECISION.format(precision=precision, backend=backend))
+        half = precision == "fp16"
         # a path is loaded here (exported first when `backend` asks for another runtime than the file's);
         # an Ultralytics model object (YOLO, RTDETR, FastSAM) is used as it is
         if isinstance(model, (str, os.PathLike)):
@@ -126,8 +177,9 @@ class Predictor:
         self.args = dict(conf=conf, iou=iou, imgsz=imgsz, classes=list(classes) if classes else None,
                          max_det=max_det, device=self.device, verbose=False)
         self.args.update(extra_args or {})  # other Ultralytics predict arguments (augment, agnostic_nms, ...)
-        if half and self.device != "cpu":
+        if half:
             self.args["quantize"] = 16  # Ultralytics' successor to half=True
+        self.precision = resolve_precision(precision, self.device, self.backend, self.model)
         self.simplify, self.largest_part, self.keep_masks = simplify, largest_part, keep_masks
         # the biases its training labels taught the model, from how its masks were trained
         self.mask_inset = training_dilation(_ultralytics.mask_ratio(self.model, export_meta)) \
@@ -135,7 +187,8 @@ class Predictor:
         try:
             with (_ultralytics.openvino_compile_cache(backends.cache_dir().parent / "openvino-compiled")
                   if self.backend.startswith("openvino") else contextlib.nullcontext()):
-                self._ul = _ultralytics.setup_predictor(self.model, self.args)  # an export is loaded here
+                # an export is loaded here
+                self._ul = _ultralytics.setup_predictor(self.model, self.args, bf16=self.precision == "bf16")
         except Exception as exc:  # a damaged export (a file missing or cut short): the runtime's own words
             if isinstance(exc, ModelError) or self.backend == "torch":
                 raise
@@ -166,7 +219,7 @@ class Predictor:
             from .quantize import quantized_model
 
             return quantized_model(path, imgsz, batch, calibration)
-        return backends.exported_model(path, backend, imgsz, batch, half and self.device != "cpu", self.device)
+        return backends.exported_model(path, backend, imgsz, batch, half, self.device)
 
     def batch_buffer(self, n: int, height: int, width: int) -> np.ndarray:
         """An empty (n, height, width, 3) uint8 batch for readers to fill and `predict` to take: in pinned

@@ -40,7 +40,7 @@ class LocalExecutor:
         self.sources = {f.index: f.source for f in frames}
         t = time.perf_counter()
         self.predictor = make_predictor(cfg)
-        stats.backend, stats.workers = self.predictor.backend, 1
+        stats.backend, stats.precision, stats.workers = self.predictor.backend, self.predictor.precision, 1
         stats.add_time("load_model", time.perf_counter() - t)
         self.names, self.task = self.predictor.names, self.predictor.task
         self.model_threads = self.predictor.threads

@@ -136,7 +136,8 @@ class PredictActor:
         return {"frame": batch["frame"], "start": batch["start"], "count": batch["count"],
                 "window_id": batch["window_id"], "detections": np.array(out["detections"], dtype=object),
                 "empty": np.array(out["empty"]), "seconds": np.array(out["seconds"]), "restarted": restarted,
-                "error": batch["error"], "read_here": read_here}
+                "error": batch["error"], "read_here": read_here,
+                "precision": np.full(len(restarted), self.predictor.precision)}
 
 
 def _crash_once(env: str) -> None:
@@ -337,6 +338,8 @@ class RayExecutor:
                                 runtime_env={"env_vars": hooks} if hooks else None)
             for row in ds.iter_rows():
                 self.stats.batches_read_by_model_process += int(row["read_here"])
+                if row["precision"] not in self.stats.precision.split("+"):  # auto resolves on each node
+                    self.stats.precision = "+".join(filter(None, (self.stats.precision, str(row["precision"]))))
                 count = int(row["count"])
                 error = pickle.loads(row["error"]) if row["error"] else None
                 yield BatchResult(int(row["frame"]), int(row["start"]), np.asarray(row["window_id"][:count]),
