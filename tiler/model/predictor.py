@@ -63,7 +63,7 @@ def resolve_precision(precision: str, device: str, backend: str, model) -> str:
     export, 'auto' (its runtime's own choice: OpenVINO's is bf16 on such a CPU) or fp16 (a half export).
 
     For a .pt, 'auto' is bf16 where that holds and the model's head is one `bf16_network` knows, else fp32:
-    measured on the development CPU (AVX512-BF16), bf16 runs the networks 1.5-2x faster and keeps the float32
+    measured on the development CPU (AVX512-BF16), bf16 runs the networks 1.5-1.8x faster and keeps the float32
     network's detections within the tolerance that bench/README.md ("Precision on a CPU") reports. On a GPU
     'auto' stays fp32 (its jobs are bound by the host, not by the network: bench/README.md, "One GPU")."""
     if backend != "torch":
