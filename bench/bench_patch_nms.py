@@ -88,7 +88,7 @@ def predictor_postprocess(patches: list[np.ndarray], reps: int) -> None:
     ul = pred._ul
     batched = _ultralytics.box_outputs
     x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    x = x.float().div_(255)
+    x = (x.to(torch.bfloat16) if ul.tiler_bf16 else x.float()).div_(255)  # as run_stages feeds the network
     out: dict[str, list[float]] = {"per image": [], "batched": [], "forward": []}
     dets = {}
     try:
@@ -107,7 +107,7 @@ def predictor_postprocess(patches: list[np.ndarray], reps: int) -> None:
     a, b = dets["per image"], dets["batched"]
     same = len(a) == len(b) and np.array_equal(a.coords, b.coords) and np.array_equal(a.score, b.score)
     fwd = np.median(out["forward"])
-    print(f"tiler Predictor, one batch of {len(patches)}, medians of {reps} interleaved rounds "
+    print(f"tiler Predictor ({pred.precision}), one batch of {len(patches)}, medians of {reps} interleaved rounds "
           f"({len(b)} detections, equal: {same}):")
     for name, v in out.items():
         m = np.median(v)

@@ -95,8 +95,9 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
                         "here on a CPU; detections within about a point of the .pt's)")
     p.add_argument("--precision", metavar="auto|fp32|fp16|bf16",
                    help="the network's arithmetic: auto (default) is bf16 for a .pt on a CPU with native bfloat16 "
-                        "(AVX512-BF16 or AMX; about twice as fast, detections within about a point of fp32's, see "
-                        "README), else fp32; fp16 runs on a CUDA GPU; fp32 gives the .pt's own results")
+                        "(AVX512-BF16 or AMX; the network 1.5-1.8x faster on the development CPU, detections within "
+                        "0.01 of fp32's, see README), else fp32; fp16 runs on a CUDA GPU; fp32 gives the .pt's own "
+                        "results")
     p.add_argument("--device", help="auto (CUDA if present, else the CPU; the default), cpu, cuda:N (an error if "
                    "absent)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "

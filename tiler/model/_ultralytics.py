@@ -167,9 +167,9 @@ def bf16_network(net):
     be rounded to 2 px; and scores made from bfloat16 logits tie so often that which of two tied boxes NMS keeps
     would depend on the NMS implementation (Ultralytics uses torchvision's only where something imported it).
 
-    On a CPU with native bf16 (AVX512-BF16 or AMX) oneDNN's convolutions then run about twice as fast as in
-    float32; the detections stay those of the float32 network within the tolerance that bench/README.md
-    ("Precision on a CPU") measures."""
+    On a CPU with native bf16 (AVX512-BF16 or AMX) the network then runs 1.5-1.8x faster than in float32 (oneDNN's
+    bf16 convolutions); the detections stay those of the float32 network within the tolerance that
+    bench/README.md ("Precision on a CPU") measures."""
     import copy
 
     import torch
