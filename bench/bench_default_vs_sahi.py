@@ -122,6 +122,7 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto", pre
     import torch
 
     from tiler import pipeline
+    from tiler.model import _ultralytics
     from tiler.config import JobConfig
     from tiler.frames import executor_config, plan_frames
 
@@ -136,11 +137,8 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto", pre
         for start in range(0, len(plan.origins), cfg.batch_size):
             patches = pipeline.read_patches(src, tuple(cfg.patch_size), plan.origins[start:start + cfg.batch_size],
                                             plan.window_ids[start:start + cfg.batch_size])
-            x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2)
-            fmt = torch.channels_last if getattr(ul, "tiler_channels_last", False) else torch.contiguous_format
-            x = x.contiguous(memory_format=fmt)
-            # the network's own arithmetic, as run_stages feeds it (bf16 where precision auto chose it)
-            batches.append((x.to(torch.bfloat16) if getattr(ul, "tiler_bf16", False) else x.float()).div_(255))
+            # as run_stages feeds the network: its memory format and arithmetic (bf16 where precision auto chose it)
+            batches.append(_ultralytics.network_input(ul, torch.from_numpy(np.stack(patches))))
     with torch.inference_mode():
         ul.model(batches[0][:1])  # first-call allocations, as the job's first batch pays them too
         t = time.perf_counter()

@@ -87,8 +87,7 @@ def predictor_postprocess(patches: list[np.ndarray], reps: int) -> None:
     pred = Predictor(str(SHARED / "models" / "yolov8n-obb.pt"), imgsz=640, conf=0.25, iou=0.7)
     ul = pred._ul
     batched = _ultralytics.box_outputs
-    x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    x = (x.to(torch.bfloat16) if ul.tiler_bf16 else x.float()).div_(255)  # as run_stages feeds the network
+    x = _ultralytics.network_input(ul, torch.from_numpy(np.stack(patches)))  # as run_stages feeds the network
     out: dict[str, list[float]] = {"per image": [], "batched": [], "forward": []}
     dets = {}
     try:

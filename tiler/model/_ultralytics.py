@@ -154,8 +154,8 @@ def bf16_supported_head(model) -> bool:
     one-to-many, in a torch .pt network."""
     from ultralytics.nn.modules.head import Detect
 
-    net = model.model
-    head = net.model[-1] if hasattr(net, "model") and len(getattr(net, "model", ())) else None
+    layers = getattr(model.model, "model", None)  # a torch network's layers (an export's model is its path)
+    head = layers[-1] if layers is not None and len(layers) else None
     return isinstance(head, Detect) and not getattr(head, "end2end", False)
 
 
@@ -236,10 +236,7 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
     batch = patches if isinstance(patches, np.ndarray) and patches.ndim == 4 and patches.flags.writeable else None
     images = list(patches)
     with torch.inference_mode():
-        x = _device_batch(ul, images, batch).permute(0, 3, 1, 2)
-        x = x.contiguous(memory_format=torch.channels_last if getattr(ul, "tiler_channels_last", False)
-                         else torch.contiguous_format)
-        x = (x.half() if ul.model.fp16 else x.to(torch.bfloat16) if ul.tiler_bf16 else x.float()).div_(255)
+        x = network_input(ul, _device_batch(ul, images, batch))
         preds = ul.model(x)
         # postprocess pairs each image with a path from the current batch: (paths, images, log strings)
         ul.batch = ([""] * len(images), images, [""] * len(images))
@@ -262,6 +259,17 @@ def run_stages(ul, patches: list[np.ndarray], raw_segments: bool = False) -> lis
     if len(results) != len(patches):  # an Ultralytics upgrade changed the internals this relies on
         raise ModelError(f"Ultralytics returned {len(results)} results for {len(patches)} patches")
     return results
+
+
+def network_input(ul, batch):
+    """A uint8 (n, h, w, 3) batch tensor (on the model's device) as the network takes it: (n, 3, h, w) in its
+    memory format (channels-last for a torch model on a CPU) and its dtype (float16, bfloat16 or float32), in
+    [0, 1]."""
+    import torch
+
+    x = batch.permute(0, 3, 1, 2)
+    x = x.contiguous(memory_format=torch.channels_last if ul.tiler_channels_last else torch.contiguous_format)
+    return (x.half() if ul.model.fp16 else x.to(torch.bfloat16) if ul.tiler_bf16 else x.float()).div_(255)
 
 
 class BoxOutput:
