@@ -223,6 +223,60 @@ def test_large_input_invariants():
     assert np.all(covered[~is_kept])
 
 
+def _brute_box_pairs(bounds: np.ndarray) -> set[tuple[int, int]]:
+    lo, hi = np.minimum(bounds[:, :2], bounds[:, 2:]), np.maximum(bounds[:, :2], bounds[:, 2:])
+    meet = np.all((lo[:, None] <= hi[None]) & (lo[None] <= hi[:, None]), axis=2)
+    finite = np.isfinite(bounds).all(axis=1)  # a box with a NaN or infinite side pairs with none
+    meet &= finite[:, None] & finite[None]
+    i, j = np.nonzero(np.triu(meet, 1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("path", ["sweep", "chunks", "tree"])
+def test_box_pairs_equal_brute_force(seed, path, monkeypatch):
+    # clusters of small boxes (NMS candidates), a few boxes across everything, exact touches, ties, zero
+    # widths, sides given in either order and non-finite sides; every path of box_pairs lists the same pairs
+    from tiler.merge import overlaps
+
+    if path == "chunks":
+        monkeypatch.setattr(overlaps, "_SWEEP_CHUNK", 97)
+    elif path == "tree":
+        monkeypatch.setattr(overlaps, "_SWEEP_PAIRS_PER_BOX", 0)
+    rng = np.random.default_rng(seed)
+    n = 1500
+    centre = rng.uniform(0, 640, (n // 20, 2))[rng.integers(0, n // 20, n)] + rng.normal(0, 8, (n, 2))
+    size = rng.uniform(0, 40, (n, 2))
+    size[rng.random(n) < 0.01] *= 20  # a few boxes spanning many strips
+    b = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    b[::50, 2] = b[::50, 0]  # zero width
+    b[1::50, 1] = b[2::50, 3]  # touching along y
+    b[3::50, 0] = b[4::50, 2]  # touching along x
+    b[5::50] = b[6::50]  # identical
+    b[7::50] = b[7::50][:, [2, 3, 0, 1]]  # sides in the other order
+    b[8::100, 1] = np.nan
+    b[9::100, 2] = np.inf
+    b = np.round(b, 1)  # many equal coordinates
+    i, j = overlaps.box_pairs(b)
+    assert i.dtype == j.dtype == np.int64 and np.all(i < j)
+    got = list(zip(i.tolist(), j.tolist()))
+    assert len(got) == len(set(got))
+    assert set(got) == _brute_box_pairs(b)
+
+
+def test_box_pairs_small_inputs():
+    from tiler.merge.overlaps import box_pairs, candidate_pairs
+
+    for b in (np.empty((0, 4)), np.array([[0, 0, 1, 1.0]]), np.array([[0, 0, 1, 1], [2, 2, 3, 3.0]]),
+              np.array([[0, 0, 1, 1], [1, 1, 2, 2.0]])):
+        i, j = box_pairs(b)
+        assert set(zip(i.tolist(), j.tolist())) == _brute_box_pairs(b)
+    # candidate_pairs on bounding boxes goes through box_pairs: empty and missing geometries pair with none
+    geoms = np.array([box(0, 0, 2, 2), shapely.Polygon(), None, box(1, 1, 3, 3), box(5, 5, 6, 6)], dtype=object)
+    i, j = candidate_pairs(geoms, predicate=None)
+    assert list(zip(i.tolist(), j.tolist())) == [(0, 3)]
+
+
 # --------------------------------------------------------------------------- targeted cases
 
 

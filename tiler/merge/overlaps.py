@@ -26,7 +26,7 @@ from ..geometry import geometry_array, polygonal_parts
 from .dop import intersection_area_bounds, support_numbers
 
 __all__ = [
-    "MATCH_METRICS", "candidate_pairs", "pair_overlaps", "metric_from_intersection", "clip_to_boxes",
+    "MATCH_METRICS", "box_pairs", "candidate_pairs", "pair_overlaps", "metric_from_intersection", "clip_to_boxes",
     "exact_intersection_areas", "polygonal_parts", "decide_overlaps", "pairs_above",
 ]
 
@@ -83,14 +83,89 @@ def candidate_pairs(
     """Every unordered pair ``(i, j)``, ``i < j`` (int64), whose geometries intersect (``predicate``)
     or, with ``predicate=None``, whose bounding boxes intersect (cheaper: no GEOS predicate at all).
 
-    The tree query is the only place candidate pairs are generated: cost is proportional to the number
-    of real neighbours, not n^2.
+    Pairs come from an STRtree query (or, for bounding boxes without a given tree, `box_pairs` on the
+    geometries' bounds), so the cost is proportional to the number of real neighbours, not n^2.
     """
+    if predicate is None and tree is None:
+        return box_pairs(shapely.bounds(geoms))  # NaN bounds (empty or missing geometries) pair with none
+    return _tree_pairs(geoms, predicate, tree)
+
+
+def _tree_pairs(geoms: np.ndarray, predicate: str | None, tree: shapely.STRtree | None
+                ) -> tuple[np.ndarray, np.ndarray]:
     if tree is None:
         tree = shapely.STRtree(geoms)
     src, dst = tree.query(geoms, predicate=predicate)
     keep = src < dst  # each unordered pair once, no self pairs
     return src[keep].astype(np.int64, copy=False), dst[keep].astype(np.int64, copy=False)
+
+
+# A sweep that would list more candidate pairs than `_SWEEP_PAIRS_PER_BOX` per box hands the boxes to an STRtree
+# instead (boxes piled on one another make any sweep quadratic; the tree's cost follows its output). Pairs are
+# listed in chunks of about `_SWEEP_CHUNK`, so the temporaries stay small whatever the number of boxes.
+_SWEEP_PAIRS_PER_BOX = 64
+_SWEEP_CHUNK = 1 << 21
+
+
+def box_pairs(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair ``(i, j)``, ``i < j`` (int64), of axis-aligned boxes ``[x0, y0, x1, y1]`` (n, 4)
+    whose closed extents intersect (touching counts; a box's sides may come in either order): the pairs an
+    STRtree of ``shapely.box(*bounds.T)`` gives, in another order; a box with a non-finite side pairs with none.
+
+    Strips and a sweep, in numpy, with exact comparisons only: the x axis is cut into strips about two median
+    box widths wide, each box listed in every strip it spans; within a strip, boxes sorted by y0 are paired with
+    those whose y0 is at most their y1, and a pair is kept where the x extents meet, by the one strip that holds
+    the left edge of their common part. On dense patches' NMS candidates (150 000 pairs among 6 500 boxes) it
+    lists 1.7 pairs per pair found, and takes about 0.6x the time of the shapely boxes and tree query."""
+    bounds = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
+    lo, hi = np.minimum(bounds[:, :2], bounds[:, 2:]), np.maximum(bounds[:, :2], bounds[:, 2:])
+    ok = np.flatnonzero(np.isfinite(lo).all(axis=1) & np.isfinite(hi).all(axis=1))
+    empty = np.empty(0, dtype=np.int64)
+    if len(ok) < 2:
+        return empty, empty.copy()
+    (x0, y0), (x1, y1) = lo[ok].T, hi[ok].T
+    n, left = len(ok), x0.min()
+    width = max(2.0 * float(np.median(x1 - x0)), float(x1.max() - left) / 4096, 1e-9)
+    while True:  # a few wide boxes: wider strips, so that no box is listed too often
+        first_strip = np.floor((x0 - left) / width).astype(np.int64)
+        strips = np.floor((x1 - left) / width).astype(np.int64) - first_strip + 1
+        if strips.sum() <= 4 * n:
+            break
+        width *= 2
+    # entries (strip, box), sorted by strip, then by the rank of the box's y0 among all y0s: integer keys, exact
+    box = np.repeat(np.arange(n), strips)
+    strip = first_strip[box] + np.arange(len(box)) - np.repeat(np.cumsum(strips) - strips, strips)
+    sorted_y0 = np.sort(y0)
+    key = strip * (n + 1) + np.searchsorted(sorted_y0, y0[box], side="left")
+    order = np.argsort(key, kind="stable")
+    key, box, strip = key[order], box[order], strip[order]
+    # each entry pairs with the later entries of its strip whose y0 is at most its y1
+    m = len(key)
+    after = np.arange(1, m + 1)
+    stop = np.searchsorted(key, strip * (n + 1) + np.searchsorted(sorted_y0, y1[box], side="right"), side="left")
+    counts = np.maximum(stop - after, 0)
+    ends = np.cumsum(counts)
+    if ends[-1] == 0:
+        return empty, empty.copy()
+    if ends[-1] > _SWEEP_PAIRS_PER_BOX * n:
+        i, j = _tree_pairs(shapely.box(x0, y0, x1, y1), None, None)
+        return ok[i], ok[j]
+    ex0, ex1 = x0[box], x1[box]
+    leads = strip == first_strip[box]  # the strip that holds the left edge of a pair's common part is the first
+    cuts = np.unique(np.searchsorted(ends, np.arange(0, ends[-1], _SWEEP_CHUNK), side="right"))  # strip of one box
+    found_i, found_j = [], []
+    for lo_e, hi_e in zip(cuts.tolist(), [*cuts[1:].tolist(), m]):
+        c = counts[lo_e:hi_e]
+        total = int(c.sum())
+        # pairs of entries (e, f), e before f; 32-bit indices halve the memory traffic of the largest arrays
+        e = np.repeat(np.arange(lo_e, hi_e, dtype=np.int32), c)
+        f = np.arange(total, dtype=np.int32) - np.repeat((np.cumsum(c) - c - after[lo_e:hi_e]).astype(np.int32), c)
+        meet = (ex0[f] <= ex1[e]) & (ex0[e] <= ex1[f]) & (leads[e] | leads[f])
+        found_i.append(box[e[meet]])
+        found_j.append(box[f[meet]])
+    i, j = ok[np.concatenate(found_i)], ok[np.concatenate(found_j)]
+    lo_ij = np.minimum(i, j)
+    return lo_ij, i + j - lo_ij
 
 
 def metric_from_intersection(inter: np.ndarray, area_a: np.ndarray, area_b: np.ndarray, metric: str

@@ -13,7 +13,7 @@
 - for detect and OBB, a batch's results are built as arrays (`BoxOutput`), not one Results object per image;
   OBB NMS runs for the whole batch at once (`nms.batched_rotated_nms`);
 - an OpenVINO model is compiled with a compile cache (`openvino_compile_cache`);
-- in bf16 (`bf16_network`), a copy of the network runs in bfloat16 up to its head's last layers, which run in
+- in bf16 (`bf16_network`), the predictor's network runs in bfloat16 up to its head's last layers, which run in
   float32, as does the box decoding (anchors included: `make_anchors` is guarded for bfloat16 feature maps).
 """
 
@@ -135,7 +135,12 @@ def setup_predictor(model, args: dict, bf16: bool = False):
         ul.model.backend.model.to(memory_format=torch.channels_last)
     ul.tiler_bf16 = bf16
     if bf16:
-        ul.model.backend.model = bf16_network(ul.model.backend.model)
+        net = ul.model.backend.model
+        # the predictor's network is Ultralytics' own copy (setup_model deep-copies the model before fusing it), so
+        # it is converted in place; the caller's model stays float32 (tested)
+        if net is model.model:  # an Ultralytics upgrade stopped copying
+            raise ModelError("Ultralytics' predictor shares the caller's network; this version is unsupported")
+        ul.model.backend.model = bf16_network(net)
     # one tiny public predict call sets the input size and source handling the documented way; then the model
     # gets its own predictor back, so that the caller's `model.predict(conf=...)` never changes tiler's
     previous, model.predictor = model.predictor, ul
@@ -160,23 +165,20 @@ def bf16_supported_head(model) -> bool:
 
 
 def bf16_network(net):
-    """A copy of the torch network (the caller's model object is left in float32) in bfloat16, except where
-    its head turns features into numbers: the last layer of each of the head's branches (box distances, class
-    logits, angles, mask coefficients) and of the mask prototypes runs in float32 on bfloat16 features, and the
-    DFL and box decoding run in float32. Decoded in bfloat16 (8 significant bits), a box corner at 500 px would
+    """The torch network converted in place to bfloat16, except where its head turns features into numbers: the
+    last layer of each of the head's branches (box distances, class logits, angles, mask coefficients) and of the
+    mask prototypes runs in float32 on bfloat16 features, and the DFL and box decoding run in float32. Decoded in bfloat16 (8 significant bits), a box corner at 500 px would
     be rounded to 2 px; and scores made from bfloat16 logits tie so often that which of two tied boxes NMS keeps
     would depend on the NMS implementation (Ultralytics uses torchvision's only where something imported it).
 
     On a CPU with native bf16 (AVX512-BF16 or AMX) the network then runs 1.5-1.8x faster than in float32 (oneDNN's
     bf16 convolutions); the detections stay those of the float32 network within the tolerance that
     bench/README.md ("Precision on a CPU") measures."""
-    import copy
-
     import torch
     from ultralytics.nn.modules import head as ul_head
 
     _guard_make_anchors(ul_head)
-    net = copy.deepcopy(net).to(torch.bfloat16)
+    net = net.to(torch.bfloat16)
     head = net.model[-1]
     head.dfl.float()
 

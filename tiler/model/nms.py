@@ -18,10 +18,9 @@ so the decisions are identical, not merely close (tested against Ultralytics on 
 from __future__ import annotations
 
 import numpy as np
-import shapely
 import torch
 
-from ..merge.overlaps import candidate_pairs
+from ..merge.overlaps import box_pairs
 
 MIN_SPARSE_IOU = 0.3
 """Below this threshold two boxes with disjoint extents could in principle exceed it (the bound is 0.28)."""
@@ -59,12 +58,12 @@ def pair_probiou(boxes: torch.Tensor, i: torch.Tensor, j: torch.Tensor, eps: flo
 
 
 def extent_pairs(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) of xywhr boxes whose axis-aligned extents intersect (touching counts), from an STRtree."""
+    """Pairs (i < j) of xywhr boxes whose axis-aligned extents intersect (touching counts)."""
     x, y, w, h, r = (boxes[:, k].astype(np.float64) for k in range(5))
     cos, sin = np.abs(np.cos(r)), np.abs(np.sin(r))
     ex = (w * cos + h * sin) / 2 * (1 + 1e-6) + 1e-6  # widened a hair against rounding
     ey = (w * sin + h * cos) / 2 * (1 + 1e-6) + 1e-6
-    return candidate_pairs(shapely.box(x - ex, y - ey, x + ex, y + ey), predicate=None)  # rectangles: bounds suffice
+    return box_pairs(np.stack((x - ex, y - ey, x + ex, y + ey), axis=1))
 
 
 def _suppressed(boxes: torch.Tensor, i: np.ndarray, j: np.ndarray, iou_threshold: float) -> torch.Tensor:
