@@ -13,6 +13,7 @@ from ultralytics.utils import metrics
 from ultralytics.utils.nms import TorchNMS
 
 from tiler.model import _ultralytics
+from tiler.model import nms
 from tiler.model.nms import MIN_SPARSE_IOU, batched_rotated_nms, sparse_rotated_fast_nms
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,61 @@ def test_same_kept_boxes_as_ultralytics_fast_nms(seed, thr):
     got = sparse_rotated_fast_nms(boxes, scores, thr)
     assert 0 < len(want) < 1500
     assert torch.equal(got, want)
+
+
+def _odd_boxes(rng, n):
+    """Boxes the radius bound does not cover, among regular ones: tiny boxes (under 0.1 px), sub-pixel slivers,
+    needles of aspect 50-500, and boxes of zero width or zero size."""
+    boxes = _clusters(rng, n, 3.0).numpy()
+    k = rng.permutation(n)
+    tiny, sliver, needle, zero = np.array_split(k[: n // 3], 4)
+    boxes[tiny, 2:4] = rng.uniform(0.001, 0.1, (len(tiny), 2))
+    boxes[sliver, 3] = rng.uniform(0.05, 0.9, len(sliver))
+    boxes[needle, 2] = boxes[needle, 3] * rng.uniform(50, 500, len(needle))
+    boxes[zero[::2], 2] = 0.0
+    boxes[zero[1::2], 2:4] = 0.0
+    return torch.from_numpy(boxes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("thr", [MIN_SPARSE_IOU, 0.7, 0.95])
+def test_same_kept_boxes_with_tiny_thin_and_degenerate_boxes(seed, thr):
+    rng = np.random.default_rng(50 + seed)
+    boxes = _odd_boxes(rng, 900)
+    scores = torch.from_numpy(rng.random(900).astype(np.float32))
+    want = _dense(boxes, scores, thr)
+    assert torch.equal(sparse_rotated_fast_nms(boxes, scores, thr), want)
+    # boxes of zero size overlap completely under batch_probiou's eps, wherever they are: pairs above the
+    # threshold with disjoint extents, which a search by extents alone would miss
+    i, j = torch.nonzero(metrics.batch_probiou(boxes, boxes).triu_(diagonal=1) > thr).T
+    x, y, w, h, r = boxes.double().T
+    ex, ey = (w * r.cos().abs() + h * r.sin().abs()) / 2, (w * r.sin().abs() + h * r.cos().abs()) / 2
+    apart = ((x[i] - x[j]).abs() > ex[i] + ex[j]) | ((y[i] - y[j]).abs() > ey[i] + ey[j])
+    assert apart.sum() > 100
+
+
+def test_too_many_irregular_boxes_fall_back_to_the_dense_nms(monkeypatch):
+    rng = np.random.default_rng(8)
+    boxes, scores = _odd_boxes(rng, 600), torch.from_numpy(rng.random(600).astype(np.float32))
+    monkeypatch.setattr(nms, "_MAX_DENSE_PAIRS", 10)
+    assert sparse_rotated_fast_nms(boxes, scores, 0.7) is None
+    assert torch.equal(TorchNMS.fast_nms(boxes, scores, 0.7, iou_func=metrics.batch_probiou),
+                       _dense(boxes, scores, 0.7))
+    pred = _raw_obb_batch(rng, 2, 200, 3, tied=False)
+    pred[:, 2:4] *= 0.001  # every box tiny
+    assert batched_rotated_nms(pred, 0.25, 0.7, nc=3) is None
+
+
+def test_candidate_pairs_hold_every_pair_above_the_threshold():
+    # on clustered boxes with scattered odd ones: every pair whose batch_probiou exceeds the threshold is a candidate
+    rng = np.random.default_rng(3)
+    boxes = _odd_boxes(rng, 1200)
+    iou = metrics.batch_probiou(boxes, boxes).triu_(diagonal=1)
+    for thr in (0.3, 0.5, 0.7, 0.9):
+        i, j = nms.candidate_pairs(boxes.numpy(), thr)
+        assert np.all(i < j) and len(set(zip(i.tolist(), j.tolist()))) == len(i)
+        above = set(map(tuple, torch.nonzero(iou > thr).tolist()))
+        assert above <= set(zip(i.tolist(), j.tolist()))
 
 
 def test_patched_fast_nms_defers_to_ultralytics_outside_its_range():

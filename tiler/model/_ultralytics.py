@@ -64,7 +64,7 @@ def disable_nms_time_limit() -> None:
 
 
 def sparse_rotated_nms() -> None:
-    """Make Ultralytics' rotated-box NMS compute overlaps only for boxes whose extents intersect (`nms.py`):
+    """Make Ultralytics' rotated-box NMS compute overlaps only for pairs of boxes that can overlap (`nms.py`):
     the same kept boxes, without the dense n x n probiou matrix that is most of predict time on dense patches.
     Other NMS calls (axis-aligned boxes go through torchvision's, already sparse) are left as they are.
     Idempotent; the predictors look `TorchNMS.fast_nms` up at call time."""
@@ -80,7 +80,9 @@ def sparse_rotated_nms() -> None:
     @functools.wraps(original)
     def fast_nms(boxes, scores, iou_threshold, use_triu=True, iou_func=metrics.box_iou, exit_early=True):
         if use_triu and exit_early and iou_func is metrics.batch_probiou and iou_threshold >= MIN_SPARSE_IOU:
-            return sparse_rotated_fast_nms(boxes, scores, iou_threshold)
+            kept = sparse_rotated_fast_nms(boxes, scores, iou_threshold)
+            if kept is not None:  # (None: too many irregular boxes for the sparse search)
+                return kept
         return original(boxes, scores, iou_threshold, use_triu=use_triu, iou_func=iou_func, exit_early=exit_early)
 
     fast_nms._tiler_sparse = True
