@@ -244,6 +244,29 @@ def test_a_job_stopped_by_an_error_leaves_no_reader_thread(survey, tmp_path):
     assert not (tmp_path / "stopped.geojson").exists()
 
 
+def test_long_lived_objects_are_frozen_only_while_the_job_runs(survey, tmp_path):
+    """The garbage collector's full passes skip what existed before the job (and its model) while it runs, and
+    nothing stays frozen after it; a process that froze objects itself keeps them frozen, and no more."""
+    import gc
+
+    frames = [str(p) for p in survey["frames"][:1]]
+    during = []
+    TileJob(frames, MODEL, out=tmp_path / "a.geojson", runner="local", **PARAMS).run(
+        on_progress=lambda done, total: during.append(gc.get_freeze_count()))
+    assert during and min(during) > 100_000  # torch alone brings 10^5 objects
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        own = gc.get_freeze_count()
+        TileJob(frames, MODEL, out=tmp_path / "b.geojson", runner="local", **PARAMS).run(
+            on_progress=lambda done, total: during.append(gc.get_freeze_count()))
+        # (frozen objects freed by their reference counts leave the count: it can only have gone down a little)
+        assert own - 1000 < gc.get_freeze_count() <= own and during[-1] <= own
+    finally:
+        gc.unfreeze()
+    assert (tmp_path / "a.geojson").read_bytes() == (tmp_path / "b.geojson").read_bytes()
+
+
 def _killed_after_two_frames(args: list, out: Path, work: Path) -> int:
     """Run `tiler predict *args`, SIGKILL it once two frames are checkpointed in `work`; the frames it checkpointed."""
     driver = subprocess.Popen([TILER, "predict", *map(str, args)], env=_env(), stdout=subprocess.DEVNULL,

@@ -15,6 +15,7 @@ its frame as failed, naming the window, and goes on.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import pickle
@@ -104,6 +105,9 @@ class PredictActor:
         # A GPU-less node still gets a working actor: device "auto" (the default) falls back to CPU.
         self.cfg = cfg.replace(**changes)
         self.predictor = make_predictor(self.cfg)
+        # this process lives for the job: its modules and model stay out of the garbage collector's full passes
+        # (0.1 s each with torch loaded, several per job; see survey._long_lived_objects_frozen)
+        gc.freeze()
         import ray
 
         # reported once, with this actor's first batch, so the driver can count restarts
