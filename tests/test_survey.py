@@ -179,7 +179,10 @@ def test_ray_and_local_surveys_write_identical_outputs(survey, tmp_path):
 
 def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
     """Reader threads (the default on a GPU), each through its own handle of the frame it reads, several frames in
-    flight at once: the output equals one reader's, and a corrupt frame still fails alone."""
+    flight at once, or reading each batch only when the model needs it (the default for a CPU model that uses
+    every core): the output is the same, and a corrupt frame still fails alone."""
+    stats = survey["result"].stats  # the defaults here: the model runs on every core, so no batch is read ahead
+    assert (stats.read_threads, stats.read_ahead) == (os.cpu_count(), 0)
     outputs = {}
     for threads in (1, 4):
         out = outputs[threads] = tmp_path / f"threads{threads}.geojson"
@@ -190,10 +193,11 @@ def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
     frames = tmp_path / "frames"
     shutil.copytree(survey["root"] / "frames", frames)
     corrupt_block(frames / "frame_004.tif", 2, 2)
-    result = TileJob(sorted(str(p) for p in frames.glob("*.tif")), MODEL, out=tmp_path / "partial.geojson",
-                     runner="local", read_threads=4, **PARAMS).run()
-    assert [Path(s).name for s, _ in result.failed] == ["frame_004.tif"] and "window" in result.failed[0][1]
-    assert result.stats.windows_run == 8 * 16
+    for threads in (None, 4):
+        result = TileJob(sorted(str(p) for p in frames.glob("*.tif")), MODEL, out=tmp_path / f"partial{threads}.geojson",
+                         runner="local", read_threads=threads, **PARAMS).run()
+        assert [Path(s).name for s, _ in result.failed] == ["frame_004.tif"] and "window" in result.failed[0][1]
+        assert result.stats.windows_run == 8 * 16
 
 
 def test_readers_fill_a_few_batch_buffers_and_reuse_them(survey, tmp_path, monkeypatch):

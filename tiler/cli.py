@@ -103,8 +103,9 @@ def _predict_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores locally, "
                    "--cpus-per-worker on Ray)")
     p.add_argument("--read-threads", type=int,
-                   help="in-process runner: threads reading windows ahead of the model (default: 1 when the model "
-                        "runs on the CPU, which needs the cores; three quarters of the cores, at most 16, on a GPU)")
+                   help="in-process runner: threads reading windows ahead of the model (default: three quarters "
+                        "of the cores, at most 16, on a GPU; 1 for a CPU model that leaves a core free; for one that "
+                        "uses every core, as many as it has, each batch read when the model needs it)")
     p.add_argument("--gdal-cache-mb", type=int,
                    help="GDAL block cache in MiB (default: two rows of windows, 16-1024 MiB)")
     s = p.add_argument_group("surveys and checkpoints")

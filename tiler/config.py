@@ -200,7 +200,7 @@ class JobConfig:
     keep_masks: bool = False  # carry each object's bitmap (crop + offset) in the result
     # I/O
     gdal_cache_mb: int | None = None  # default: sized to the raster (see RasterSource.block_cache_bytes)
-    read_threads: int | None = None  # in-process runner: default 1 with a CPU model, 3/4 of the cores (<= 16) on a GPU
+    read_threads: int | None = None  # in-process runner: readers ahead of the model (default: runners/local.py)
     progress: bool = True
     crs: str = "auto"  # output CRS: auto (GeoJSON: WGS84; other formats: the raster's own), native, wgs84, EPSG:xxxx
     provenance: bool = True  # source, window, model, model_sha256, tiler_version on every feature

@@ -70,7 +70,8 @@ class JobStats:
     # Ray: model batches whose windows were read in the model's own process (Ray Data fuses reads into CPU
     # actors; GPU actors get their patches from separate CPU read tasks, so this stays 0 for them)
     batches_read_by_model_process: int = 0
-    read_threads: int = 0  # in-process runner: threads reading windows ahead of the model
+    read_threads: int = 0  # in-process runner: threads reading windows
+    read_ahead: int = 0  # ... and batches they read ahead of the model (0: each when the model needs it)
     backend: str = "torch"
     # the network's arithmetic: fp32, fp16, bf16, or auto (an export's runtime chose); Ray: each one its actors
     # used, joined by +

@@ -1,7 +1,10 @@
 """In-process executor: one model, loaded once for the whole job; batches are read ahead in threads while the
 model predicts the current one (GDAL releases the GIL while decoding), across frame boundaries too.
 
-On a CPU one reader is enough (the model needs the cores). A GPU model takes batches faster than one thread
+A CPU model that uses every core (the default) gets no batch read ahead: each batch is read when the model needs
+it, by as many threads as the model has, while the model waits, since a reader beside it would take a core from
+its parallel loops (`reading`). A CPU model that leaves a core free gets one reader ahead of it. A GPU model takes
+batches faster than one thread
 decodes them (an H200 ran yolov8n-obb at 640 px ~13x faster than one thread read deflate GeoTIFF windows), so
 there several threads read (`BatchReader`), each through its own handle of the frame (a GDAL dataset is not
 thread-safe), all of them on each batch in turn: each decodes its share of the blocks the batch needs that no
@@ -57,9 +60,10 @@ class LocalExecutor:
         if not specs:
             return
         cfg = self.cfg
-        threads = read_threads(cfg.read_threads, self.predictor.device)
-        self.stats.read_threads = threads
-        reader = BatchReader(self.sources, threads, self.predictor.batch_buffer, cfg.batch_size, cfg.gdal_cache_mb)
+        threads, ahead = reading(cfg.read_threads, self.predictor.device, self.model_threads)
+        self.stats.read_threads, self.stats.read_ahead = threads, ahead
+        reader = BatchReader(self.sources, threads, self.predictor.batch_buffer, cfg.batch_size, cfg.gdal_cache_mb,
+                             ahead)
         for got in reader.batches(specs, failed):
             spec = got.spec
             self.stats.add_time("read", got.seconds)
@@ -93,17 +97,18 @@ class ReadBatch:
 
 
 class BatchReader:
-    """Reads a job's batches, in order, `ahead` of the one its caller is working on, with `threads` readers (each
-    through its own handle of the frame it reads: a GDAL dataset is not thread-safe), all of them on one batch at a
-    time: each decodes its share of the cells the batch needs that no earlier batch decoded (`io.blocks`), then
-    cuts its run of the batch's windows into the batch buffer (`batch_buffer(n, h, w)`, e.g. the model's pinned
-    memory; a job allocates one per batch in flight and reuses them)."""
+    """Reads a job's batches, in order, `ahead` of the one its caller is working on (0: each when the caller asks
+    for it, while it waits), with `threads` readers (each through its own handle of the frame it reads: a GDAL
+    dataset is not thread-safe), all of them on one batch at a time: each decodes its share of the cells the batch
+    needs that no earlier batch decoded (`io.blocks`), then cuts its run of the batch's windows into the batch
+    buffer (`batch_buffer(n, h, w)`, e.g. the model's pinned memory; a job allocates one per batch in flight and
+    reuses them)."""
 
     def __init__(self, sources: dict, threads: int, batch_buffer: Callable[[int, int, int], np.ndarray],
-                 batch_size: int, gdal_cache_mb: int | None = None):
+                 batch_size: int, gdal_cache_mb: int | None = None, ahead: int | None = None):
         self.sources, self.threads, self.gdal_cache_mb = sources, threads, gdal_cache_mb
         self.buffers = _BatchBuffers(batch_buffer, batch_size)
-        self.ahead = 2 if threads > 1 else 1  # batches being read while the caller works on one
+        self.ahead = (2 if threads > 1 else 1) if ahead is None else ahead  # batches read while the caller works
 
     def give_back(self, buffer: np.ndarray) -> None:
         """The caller is done with a batch's buffer."""
@@ -163,10 +168,12 @@ class BatchReader:
             try:
                 pending = deque(submit(spec) for spec in specs[:self.ahead])
                 for k in range(len(specs)):
+                    if not pending:  # read on demand (ahead 0): this batch, now
+                        pending.append(submit(specs[k]))
                     spec, buffer, futures = pending.popleft()
                     parts = [f.result() for f in futures]
                     blocks.release(spec)
-                    if k + self.ahead < len(specs):
+                    if self.ahead and k + self.ahead < len(specs):
                         pending.append(submit(specs[k + self.ahead]))
                     read_s = max(p[1] for p in parts)
                     error = next((p[2] for p in parts if p[2] is not None), None)
@@ -246,10 +253,22 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
     return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
 
 
-def read_threads(asked: int | None, device: str) -> int:
-    """Threads reading windows: as asked, else 1 for a CPU model and three quarters of the cores (at most 16) for a
-    GPU one. On a 16-core H200 machine (bench/README.md, "One GPU") reads scaled to 12 threads (1372 windows/s of
-    640 px, 1064 with 8, 1432 with 16); the other cores run the model's host side."""
+def reading(asked: int | None, device: str, model_threads: int | None = None) -> tuple[int, int]:
+    """(threads reading windows, batches read ahead of the model): `asked` threads ahead of it; else for a GPU
+    model three quarters of the cores (at most 16), two batches ahead; for a CPU model that leaves a core free, one
+    thread, one batch ahead; for a CPU model that uses every core (the default), as many threads as the model has,
+    each batch read when the model needs it, while it waits.
+
+    On a 16-core H200 machine (bench/README.md, "One GPU") reads scaled to 12 threads (1372 windows/s of 640 px,
+    1064 with 8, 1432 with 16); the other cores run the model's host side. On a CPU, a reader beside a model that
+    uses every core takes a core from it in the middle of its parallel loops, and the model's other threads wait
+    for it: the 8192 x 8192 generated scene took 8.8-9.2 s with one reader ahead, about 8.2 s reading each batch
+    in turn with one thread, and less with the model's two (bench/README.md, "Job over forward")."""
     if asked:
-        return asked
-    return min(16, max(1, (os.cpu_count() or 1) * 3 // 4)) if device.startswith("cuda") else 1
+        return asked, 2 if asked > 1 else 1
+    if device.startswith("cuda"):
+        return min(16, max(1, (os.cpu_count() or 1) * 3 // 4)), 2
+    cores = os.cpu_count() or 1
+    if model_threads and model_threads < cores:
+        return 1, 1
+    return min(16, max(1, model_threads or cores)), 0
