@@ -57,8 +57,8 @@ def _native_crs(frames: list[Frame]):
 def _long_lived_objects_frozen() -> Iterator[Callable[[], None]]:
     """While a job runs, the objects that exist when it starts (torch's, Ultralytics' and the rest: some 200 000)
     are left out of the garbage collector's full passes, and so is the model once loaded (call the function
-    yielded). A full pass over them costs 0.1 s here, and a job's shapely geometries trigger several: 0.24 s of
-    a 2.8 s job on the P0706 mosaic. They are handed back when the job ends (nothing stays frozen); a process
+    yielded). A full pass over them costs 0.1 s here, and a job's shapely geometries trigger some: 0.1-0.2 s of
+    a 2.7 s job on the P0706 mosaic. They are handed back when the job ends (nothing stays frozen); a process
     that froze objects of its own is left as it is."""
     if gc.get_freeze_count():
         yield lambda: None

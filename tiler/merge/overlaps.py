@@ -1,6 +1,7 @@
 """Candidate pairs and overlap metrics between detections, shared by every merge method.
 
-Candidate pairs come from an STRtree query, so nothing here is n x n. The overlap of a pair is either
+Candidate pairs come from an STRtree query, or for bounding boxes from `box_pairs` (a sweep in numpy), so
+nothing here is n x n. The overlap of a pair is either
 computed exactly by GEOS (`pair_overlaps`, and `decide_overlaps` where it must) or bracketed in numpy
 from the geometries' k-DOPs (`dop.py`: GEOS overlay costs 35-72 us per pair here, and a merge only needs to
 know whether each pair's overlap is above a threshold). Only pairs the bracket cannot decide go to GEOS: in

@@ -262,8 +262,8 @@ def reading(asked: int | None, device: str, model_threads: int | None = None) ->
     On a 16-core H200 machine (bench/README.md, "One GPU") reads scaled to 12 threads (1372 windows/s of 640 px,
     1064 with 8, 1432 with 16); the other cores run the model's host side. On a CPU, a reader beside a model that
     uses every core takes a core from it in the middle of its parallel loops, and the model's other threads wait
-    for it: the 8192 x 8192 generated scene took 8.8-9.2 s with one reader ahead, about 8.2 s reading each batch
-    in turn with one thread, and less with the model's two (bench/README.md, "Job over forward")."""
+    for it: the 8192 x 8192 generated scene took 9.16 s with one reader ahead, 8.39 s with each batch read on
+    demand by the model's two threads (medians of three; bench/README.md, "Job over forward on a CPU")."""
     if asked:
         return asked, 2 if asked > 1 else 1
     if device.startswith("cuda"):
