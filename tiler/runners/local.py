@@ -1,16 +1,14 @@
-"""In-process executor: one model, loaded once for the whole job; batches are read ahead in threads while the
-model predicts the current one (GDAL releases the GIL while decoding), across frame boundaries too.
+"""In-process executor: one model, loaded once for the whole job, fed batches in order, across frame boundaries.
 
-A CPU model that uses every core (the default) gets no batch read ahead: each batch is read when the model needs
-it, by as many threads as the model has, while the model waits, since a reader beside it would take a core from
-its parallel loops (`reading`). A CPU model that leaves a core free gets one reader ahead of it. A GPU model takes
-batches faster than one thread
-decodes them (an H200 ran yolov8n-obb at 640 px ~13x faster than one thread read deflate GeoTIFF windows), so
-there several threads read (`BatchReader`), each through its own handle of the frame (a GDAL dataset is not
-thread-safe), all of them on each batch in turn: each decodes its share of the blocks the batch needs that no
-earlier batch decoded (`io.blocks`: each block once per job, shared), then cuts its run of the batch's windows
-straight into the batch buffer the model takes (pinned memory on a GPU: one asynchronous copy to the device, no
-stacking on the way)."""
+A CPU model that uses every core (the default) has no batch read ahead of it: each batch is read when the model
+needs it, by as many threads as the model has, while the model waits, since a reader beside it would take a core
+from its parallel loops (`reading`). A CPU model that leaves a core free gets one reader ahead of it. A GPU model
+takes batches faster than one thread decodes them (an H200 ran yolov8n-obb at 640 px ~13x faster than one thread
+read deflate GeoTIFF windows), so there several threads read ahead (`BatchReader`; GDAL releases the GIL while
+decoding), each through its own handle of the frame (a GDAL dataset is not thread-safe), all of them on each batch
+in turn: each decodes its share of the blocks the batch needs that no earlier batch decoded (`io.blocks`: each
+block once per job, shared), then cuts its run of the batch's windows straight into the batch buffer the model
+takes (pinned memory on a GPU: one asynchronous copy to the device, no stacking on the way)."""
 
 from __future__ import annotations
 
