@@ -152,8 +152,9 @@ def box_pairs(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         i, j = _tree_pairs(shapely.box(x0, y0, x1, y1), None, None)
         return ok[i], ok[j]
     ex0, ex1 = x0[box], x1[box]
-    leads = strip == first_strip[box]  # the strip that holds the left edge of a pair's common part is the first
-    cuts = np.unique(np.searchsorted(ends, np.arange(0, ends[-1], _SWEEP_CHUNK), side="right"))  # strip of one box
+    # the strip that holds the left edge of a pair's common part is the first strip of one of the two boxes
+    leads = strip == first_strip[box]
+    cuts = np.unique(np.searchsorted(ends, np.arange(0, ends[-1], _SWEEP_CHUNK), side="right"))
     found_i, found_j = [], []
     for lo_e, hi_e in zip(cuts.tolist(), [*cuts[1:].tolist(), m]):
         c = counts[lo_e:hi_e]
