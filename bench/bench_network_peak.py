@@ -13,6 +13,7 @@ bf16 (as precision auto runs them there). Rounds interleave the GEMMs and the mo
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -47,9 +48,10 @@ def main() -> int:
         net = load_model(path).model.fuse(verbose=False).eval().to(memory_format=torch.channels_last)
         x = torch.rand(batch, 3, imgsz, imgsz).contiguous(memory_format=torch.channels_last)
         gflops = get_flops(net, imgsz)
-        for p in precisions:  # bf16: the network as precision auto runs it (`_ultralytics.bf16_network`)
-            nets.append((f"{path.stem} {imgsz} px, batch {batch}, {p}", _ultralytics.bf16_network(net) if p == "bf16"
-                         else net, x.to(dtypes[p]), gflops, p))
+        for p in precisions:  # bf16: a copy as precision auto runs it (`_ultralytics.bf16_network` converts in place)
+            nets.append((f"{path.stem} {imgsz} px, batch {batch}, {p}",
+                         _ultralytics.bf16_network(copy.deepcopy(net)) if p == "bf16" else net, x.to(dtypes[p]),
+                         gflops, p))
 
     def gemm(p: str) -> float:
         aa, bb = a.to(dtypes[p]), b.to(dtypes[p])
