@@ -14,7 +14,7 @@ joins to each the fine detections that are pieces of it (`coarse_groups`). `wind
 could see: which objects none held whole, and which cut views another window saw whole.
 
 Both work on the real geometries (boxes, rotated boxes, segmentation polygons as shapely objects), never
-on their bounding boxes, and share `overlaps.py`: STRtree candidate pairs, overlap metrics and geometry
+on their bounding boxes, and share `overlaps.py`: candidate pairs, overlap metrics and geometry
 repair, with `dop.py`'s numpy bounds (from each geometry's k-DOP) that spare most pairs a GEOS intersection.
 Nothing builds an n x n matrix.
 

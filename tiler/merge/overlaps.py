@@ -348,9 +348,9 @@ def pairs_above(
         return empty, empty.copy()
     sup, simple = support_numbers(geoms, simple=True)  # unrepaired vertices still circumscribe
     geoms = _repair(geoms, simple)
-    i, j = candidate_pairs(geoms, predicate=None)
+    bounds = shapely.bounds(geoms)  # NaN for empty or missing geometries: no pairs
+    i, j = box_pairs(bounds)
     keep = np.ones(len(i), dtype=bool) if groups is None else groups[i] == groups[j]
-    bounds = shapely.bounds(geoms)
     # boxes that only touch (or a missing side, NaN) have no common area: metric 0, never above
     keep &= np.all(np.minimum(bounds[i, 2:], bounds[j, 2:]) > np.maximum(bounds[i, :2], bounds[j, :2]), axis=1)
     i, j = i[keep], j[keep]

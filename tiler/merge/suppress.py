@@ -4,9 +4,9 @@ Overlaps are measured on the *real* geometries (axis-aligned boxes, rotated boxe
 segmentation polygons as shapely objects), never on their bounding boxes: two thin diagonal boxes can
 have heavily overlapping bounding boxes while the boxes themselves barely touch.
 
-Scaling: the pairs that suppress each other come from `overlaps.pairs_above` (STRtree candidates, the
-numpy overlap bounds, GEOS only for pairs the bounds cannot decide; no n x n matrix), and the greedy pass
-keeps detections in vectorised rounds over the pairs (`greedy_keep`), O(pairs) per round, after the query.
+Scaling: the pairs that suppress each other come from `overlaps.pairs_above` (candidates whose bounding boxes
+meet, `box_pairs`; the numpy overlap bounds; GEOS only for pairs the bounds cannot decide; no n x n matrix), and
+the greedy pass keeps detections in vectorised rounds over the pairs (`greedy_keep`), O(pairs) per round.
 
 Pure module: numpy and shapely >= 2 only.
 """

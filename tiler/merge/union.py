@@ -62,7 +62,7 @@ from .overlaps import (
     _check_metric,
     _check_threshold,
     _repair,
-    candidate_pairs,
+    box_pairs,
     clip_to_boxes,
     decide_overlaps,
     exact_intersection_areas,
@@ -155,16 +155,16 @@ def _zone_parts(geoms: np.ndarray, idx: np.ndarray, zone: np.ndarray, bounds: np
 
 def _links(g: np.ndarray, win: np.ndarray, boxes: np.ndarray, cls: np.ndarray | None, metric: str,
            thr: float, within_window: bool) -> _Links:
-    """The links: candidate pairs from the STRtree (bounding boxes of the unrepaired shapes, which
-    contain the repaired ones), then window, class and zone filters, then the overlap decision."""
-    i, j = candidate_pairs(g, predicate=None)
+    """The links: candidate pairs whose bounding boxes meet (`box_pairs`, on the unrepaired shapes, whose
+    boxes contain the repaired ones), then window, class and zone filters, then the overlap decision."""
+    bounds = shapely.bounds(g)  # NaN for empty or missing geometries: no pairs, and compares False below
+    i, j = box_pairs(bounds)
     keep = (win[i] == win[j]) if within_window else (win[i] != win[j])
     if cls is not None:
         keep &= cls[i] == cls[j]
     i, j = i[keep], j[keep]
     zone = np.concatenate([np.maximum(boxes[i, :2], boxes[j, :2]), np.minimum(boxes[i, 2:], boxes[j, 2:])],
                           axis=1)
-    bounds = shapely.bounds(g)  # NaN for empty or missing geometries: compares False below
     lo = np.maximum(np.maximum(bounds[i, :2], bounds[j, :2]), zone[:, :2])
     hi = np.minimum(np.minimum(bounds[i, 2:], bounds[j, 2:]), zone[:, 2:])
     keep = np.all(hi > lo, axis=1)  # the two boxes overlap with positive area inside the zone
