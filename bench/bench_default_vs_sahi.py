@@ -178,11 +178,10 @@ def main() -> int:
             subprocess.run([str(TILER), "synth", str(scene), "--size", f"{args.size}x{args.size}", "--seed", "77"],
                            check=True, capture_output=True)
         cases.append(("scene", scene, REPO / "models" / "tiler-obb.pt", 640 // 2))
-    engines = ["tiler", "sahi", "forward"]
-    if args.also_backend:
-        engines += ["tiler-" + args.also_backend, "forward-" + args.also_backend]
-    if args.also_precision:
-        engines += ["tiler@" + args.also_precision, "forward@" + args.also_precision]
+    # (flag, engine-name suffix) of each variant of `tiler predict` timed beside the default
+    variants = [(f"--backend {args.also_backend}", "-" + args.also_backend)] if args.also_backend else []
+    variants += [(f"--precision {args.also_precision}", "@" + args.also_precision)] if args.also_precision else []
+    engines = ["tiler", "sahi", "forward"] + [e + suffix for _, suffix in variants for e in ("tiler", "forward")]
     for name, image, model, patch in cases:
         runs: dict[str, list[dict]] = {e: [] for e in engines}
         if args.also_backend:  # fills the export cache, as a user's first job with that backend does
@@ -215,20 +214,13 @@ def main() -> int:
               f"{t['process_seconds'] / s['process_seconds']:.2f}x, peak RSS {t['peak_rss_mb'] / s['peak_rss_mb']:.2f}x;"
               f" tiler job / forward {t['seconds'] / f['forward_seconds']:.2f} "
               f"(model load excluded {(t['seconds'] - t['load_model_seconds']) / f['forward_seconds']:.2f})", flush=True)
-        if args.also_backend:
-            b, fb = med["tiler-" + args.also_backend], med["forward-" + args.also_backend]
-            print(f"{name}: tiler --backend {args.also_backend} job {b['seconds']:.2f} s, process "
-                  f"{b['process_seconds']:.2f} s, peak {b['peak_rss_mb']:.0f} MB, forward alone "
-                  f"{fb['forward_seconds']:.2f} s; / SAHI: job {b['seconds'] / s['seconds']:.2f}x, peak RSS "
-                  f"{b['peak_rss_mb'] / s['peak_rss_mb']:.2f}x; / default tiler job {b['seconds'] / t['seconds']:.2f}x;"
-                  f" job / forward {b['seconds'] / fb['forward_seconds']:.2f}", flush=True)
-        if args.also_precision:
-            p, fp = med["tiler@" + args.also_precision], med["forward@" + args.also_precision]
-            print(f"{name}: tiler --precision {args.also_precision} job {p['seconds']:.2f} s, process "
-                  f"{p['process_seconds']:.2f} s, peak {p['peak_rss_mb']:.0f} MB, forward alone "
-                  f"{fp['forward_seconds']:.2f} s; / SAHI: job {p['seconds'] / s['seconds']:.2f}x; default tiler job "
-                  f"/ this {t['seconds'] / p['seconds']:.2f}x; job / forward {p['seconds'] / fp['forward_seconds']:.2f}",
-                  flush=True)
+        for flag, suffix in variants:
+            v, fv = med["tiler" + suffix], med["forward" + suffix]
+            print(f"{name}: tiler {flag} job {v['seconds']:.2f} s, process {v['process_seconds']:.2f} s, peak "
+                  f"{v['peak_rss_mb']:.0f} MB, forward alone {fv['forward_seconds']:.2f} s; / SAHI: job "
+                  f"{v['seconds'] / s['seconds']:.2f}x, peak RSS {v['peak_rss_mb'] / s['peak_rss_mb']:.2f}x; default "
+                  f"tiler job / this {t['seconds'] / v['seconds']:.2f}x; job / forward "
+                  f"{v['seconds'] / fv['forward_seconds']:.2f}", flush=True)
         if name == "mosaic":
             import rasterio
 

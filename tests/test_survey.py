@@ -194,8 +194,9 @@ def test_several_reader_threads_write_the_same_survey(survey, tmp_path):
     shutil.copytree(survey["root"] / "frames", frames)
     corrupt_block(frames / "frame_004.tif", 2, 2)
     for threads in (None, 4):
-        result = TileJob(sorted(str(p) for p in frames.glob("*.tif")), MODEL, out=tmp_path / f"partial{threads}.geojson",
-                         runner="local", read_threads=threads, **PARAMS).run()
+        result = TileJob(sorted(str(p) for p in frames.glob("*.tif")), MODEL,
+                         out=tmp_path / f"partial{threads}.geojson", runner="local", read_threads=threads,
+                         **PARAMS).run()
         assert [Path(s).name for s, _ in result.failed] == ["frame_004.tif"] and "window" in result.failed[0][1]
         assert result.stats.windows_run == 8 * 16
 

@@ -169,9 +169,10 @@ def bf16_supported_head(model) -> bool:
 def bf16_network(net):
     """The torch network converted in place to bfloat16, except where its head turns features into numbers: the
     last layer of each of the head's branches (box distances, class logits, angles, mask coefficients) and of the
-    mask prototypes runs in float32 on bfloat16 features, and the DFL and box decoding run in float32. Decoded in bfloat16 (8 significant bits), a box corner at 500 px would
-    be rounded to 2 px; and scores made from bfloat16 logits tie so often that which of two tied boxes NMS keeps
-    would depend on the NMS implementation (Ultralytics uses torchvision's only where something imported it).
+    mask prototypes runs in float32 on bfloat16 features, and the DFL and box decoding run in float32. Decoded in
+    bfloat16 (8 significant bits), a box corner at 500 px would be rounded to 2 px; and scores made from bfloat16
+    logits tie so often that which of two tied boxes NMS keeps would depend on the NMS implementation (Ultralytics
+    uses torchvision's only where something imported it).
 
     On a CPU with native bf16 (AVX512-BF16 or AMX) the network then runs 1.5-1.8x faster than in float32 (oneDNN's
     bf16 convolutions); the detections stay those of the float32 network within the tolerance that
