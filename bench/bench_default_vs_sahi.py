@@ -14,7 +14,8 @@ bench_vs_sahi.py. Peak memory is the largest resident set among the run's proces
 children of a small wrapper process that only starts the run). The engines alternate and medians of
 `--repeat` runs are compared. "forward" is the model's forward pass alone (no letterbox, NMS, reads, merge or
 writing) over the job's own patches in the job's own batches, timed in a separate process with tiler's
-default threads and memory format; the job time is the one `tiler predict` reports (start-up excluded), the
+default threads and memory format, and the job's allocator settings (`tiler.process.heap_kept`: without them the
+forward pass alone is 5-10 % slower, so the job would be measured against a slower reference); the job time is the one `tiler predict` reports (start-up excluded), the
 process time everything from exec to exit. `--also-backend B` adds `tiler predict --backend B` (and its own
 forward pass) to the rounds, after one run not counted that fills the export cache (its time is printed);
 `--also-precision P` adds `tiler predict --precision P` and its forward pass likewise (e.g. fp32 beside the
@@ -121,7 +122,7 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto", pre
     import numpy as np
     import torch
 
-    from tiler import pipeline
+    from tiler import pipeline, process
     from tiler.model import _ultralytics
     from tiler.config import JobConfig
     from tiler.frames import executor_config, plan_frames
@@ -139,7 +140,7 @@ def forward_child(image: str, model: str, patch: int, backend: str = "auto", pre
                                             plan.window_ids[start:start + cfg.batch_size])
             # as run_stages feeds the network: its memory format and arithmetic (bf16 where precision auto chose it)
             batches.append(_ultralytics.network_input(ul, torch.from_numpy(np.stack(patches))))
-    with torch.inference_mode():
+    with torch.inference_mode(), process.heap_kept():
         ul.model(batches[0][:1])  # first-call allocations, as the job's first batch pays them too
         t = time.perf_counter()
         for x in batches:

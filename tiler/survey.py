@@ -11,14 +11,14 @@ turn `BatchSpec`s into `BatchResult`s, in this process or on Ray; everything her
 from __future__ import annotations
 
 import contextlib
-import gc
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from tqdm import tqdm
 
+from . import process
 from .checkpoint import WorkDir, default_work_dir, frame_identity
 from .config import JobConfig
 from .detections import Detections
@@ -53,27 +53,10 @@ def _native_crs(frames: list[Frame]):
     return next((f.source.crs for f in frames if f.ok and f.source.georeferenced), None)
 
 
-@contextlib.contextmanager
-def _long_lived_objects_frozen() -> Iterator[Callable[[], None]]:
-    """While a job runs, the objects that exist when it starts (torch's, Ultralytics' and the rest: some 200 000)
-    are left out of the garbage collector's full passes, and so is the model once loaded (call the function
-    yielded). A full pass over them costs 0.1 s here, and a job's shapely geometries trigger some: 0.1-0.2 s of
-    a 2.7 s job on the P0706 mosaic. They are handed back when the job ends (nothing stays frozen); a process
-    that froze objects of its own is left as it is."""
-    if gc.get_freeze_count():
-        yield lambda: None
-        return
-    gc.freeze()
-    try:
-        yield gc.freeze
-    finally:
-        gc.unfreeze()
-
-
 def run_job(cfg: JobConfig, runner: str, on_progress: Callable[[int, int], None] | None = None
             ) -> JobResult | SurveyResult:
     """Run the job (see the module docstring) and write its outputs."""
-    with _long_lived_objects_frozen() as freeze_model:
+    with process.objects_frozen() as freeze_model, process.heap_kept():
         return _run_job(cfg, runner, on_progress, freeze_model)
 
 

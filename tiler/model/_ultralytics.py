@@ -144,10 +144,16 @@ def setup_predictor(model, args: dict, bf16: bool = False):
             raise ModelError("Ultralytics' predictor shares the caller's network; this version is unsupported")
         ul.model.backend.model = bf16_network(net)
     # one tiny public predict call sets the input size and source handling the documented way; then the model
-    # gets its own predictor back, so that the caller's `model.predict(conf=...)` never changes tiler's
+    # gets its own predictor back, so that the caller's `model.predict(conf=...)` never changes tiler's. It runs
+    # at 32 px, then the input size is set back: at the job's size it was a whole forward pass (0.05 s here,
+    # a fifth of loading the model) warming up nothing the job's first batch, of another shape, would reuse
     previous, model.predictor = model.predictor, ul
+    tiny = [np.zeros((32, 32, 3), dtype=np.uint8)]
     try:
-        model.predict([np.zeros((32, 32, 3), dtype=np.uint8)], **args)
+        imgsz = ul.args.imgsz
+        model.predict(tiny, **{**args, "imgsz": 32})
+        ul.args.imgsz = imgsz
+        ul.setup_source(tiny)  # (sets ul.imgsz from it, or from an export's fixed input size)
         if model.predictor is not ul:  # an Ultralytics upgrade stopped reusing a configured predictor
             raise ModelError("Ultralytics replaced tiler's configured predictor; this version is unsupported")
     finally:

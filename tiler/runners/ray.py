@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .. import process
 from ..config import JobConfig
 from ..errors import RasterError, TilerError
 from ..pipeline import BatchResult, BatchSpec, infer_patches, live_patches, make_predictor, read_patches
@@ -106,8 +107,10 @@ class PredictActor:
         self.cfg = cfg.replace(**changes)
         self.predictor = make_predictor(self.cfg)
         # this process lives for the job: its modules and model stay out of the garbage collector's full passes
-        # (0.1 s each with torch loaded, several per job; see survey._long_lived_objects_frozen)
+        # (0.1 s each with torch loaded, several per job), and what it frees stays for its next batch (see
+        # tiler.process)
         gc.freeze()
+        process.keep_heap_for_life()
         import ray
 
         # reported once, with this actor's first batch, so the driver can count restarts
