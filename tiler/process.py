@@ -50,10 +50,10 @@ def heap_kept() -> Iterator[None]:
     glibc hands the top of its heap back to the kernel once more than a threshold of it is free, and serves
     blocks above another threshold with mmap, unmapped when freed. Both thresholds adapt, but only up to the
     largest block freed so far: a forward pass of yolov8n-obb on 4 patches of 640 px frees tens of MB of
-    activations, the heap shrank after many batches and every page was faulted in again at the next (14 000
+    activations, the heap shrank after many batches and every page was faulted in again at the next (8 000-14 000
     faults a batch; 0.1-0.2 s of the mosaic's 2.6 s job, 5-10 % of its model's time). While the job runs, blocks
     up to 32 MB come from the heap and nothing is handed back; peak memory is what it was within 5 % (the pages
-    were in use at the peak anyway). When the job ends, what is free is handed back (`malloc_trim`) and the
+    were in use at the peak anyway: +5 % on the mosaic). When the job ends, what is free is handed back (`malloc_trim`) and the
     process keeps thresholds of 32 MB (blocks) and 64 MB (free top), where glibc's own adaptation ends up in a
     process running torch."""
     libc = _glibc()
