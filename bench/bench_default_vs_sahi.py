@@ -15,11 +15,11 @@ children of a small wrapper process that only starts the run). The engines alter
 `--repeat` runs are compared. "forward" is the model's forward pass alone (no letterbox, NMS, reads, merge or
 writing) over the job's own patches in the job's own batches, timed in a separate process with tiler's
 default threads and memory format, and the job's allocator settings (`tiler.process.heap_kept`: without them the
-forward pass alone is 5-10 % slower, so the job would be measured against a slower reference); the job time is the one `tiler predict` reports (start-up excluded), the
-process time everything from exec to exit. `--also-backend B` adds `tiler predict --backend B` (and its own
-forward pass) to the rounds, after one run not counted that fills the export cache (its time is printed);
-`--also-precision P` adds `tiler predict --precision P` and its forward pass likewise (e.g. fp32 beside the
-default, which is bf16 on a CPU with native bfloat16).
+forward pass alone is 5-10 % slower, so the job would be measured against a slower reference); the job time is
+the one `tiler predict` reports (start-up excluded), the process time everything from exec to exit.
+`--also-backend B` adds `tiler predict --backend B` (and its own forward pass) to the rounds, after one run not
+counted that fills the export cache (its time is printed); `--also-precision P` adds `tiler predict --precision
+P` and its forward pass likewise (e.g. fp32 beside the default, which is bf16 on a CPU with native bfloat16).
 """
 
 from __future__ import annotations
@@ -210,11 +210,14 @@ def main() -> int:
         print(f"{name}: tiler ({runs['tiler'][0]['runner']}, {runs['tiler'][0]['backend']}, "
               f"{runs['tiler'][0]['precision']}) job {t['seconds']:.2f} s, process "
               f"{t['process_seconds']:.2f} s, peak {t['peak_rss_mb']:.0f} MB; SAHI job {s['seconds']:.2f} s, process "
-              f"{s['process_seconds']:.2f} s, peak {s['peak_rss_mb']:.0f} MB; forward alone {f['forward_seconds']:.2f} s")
+              f"{s['process_seconds']:.2f} s, peak {s['peak_rss_mb']:.0f} MB; forward alone "
+              f"{f['forward_seconds']:.2f} s")
         print(f"{name}: tiler / SAHI: job {t['seconds'] / s['seconds']:.2f}x, process "
-              f"{t['process_seconds'] / s['process_seconds']:.2f}x, peak RSS {t['peak_rss_mb'] / s['peak_rss_mb']:.2f}x;"
-              f" tiler job / forward {t['seconds'] / f['forward_seconds']:.2f} "
-              f"(model load excluded {(t['seconds'] - t['load_model_seconds']) / f['forward_seconds']:.2f})", flush=True)
+              f"{t['process_seconds'] / s['process_seconds']:.2f}x, peak RSS "
+              f"{t['peak_rss_mb'] / s['peak_rss_mb']:.2f}x; tiler job / forward "
+              f"{t['seconds'] / f['forward_seconds']:.2f} "
+              f"(model load excluded {(t['seconds'] - t['load_model_seconds']) / f['forward_seconds']:.2f})",
+              flush=True)
         for flag, suffix in variants:
             v, fv = med["tiler" + suffix], med["forward" + suffix]
             print(f"{name}: tiler {flag} job {v['seconds']:.2f} s, process {v['process_seconds']:.2f} s, peak "

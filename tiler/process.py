@@ -53,25 +53,23 @@ def heap_kept() -> Iterator[None]:
     activations, the heap shrank after many batches and every page was faulted in again at the next (8 000-14 000
     faults a batch; 0.1-0.2 s of the mosaic's 2.6 s job, 5-10 % of its model's time). While the job runs, blocks
     up to 32 MB come from the heap and nothing is handed back; peak memory is what it was within 5 % (the pages
-    were in use at the peak anyway: +5 % on the mosaic). When the job ends, what is free is handed back (`malloc_trim`) and the
-    process keeps thresholds of 32 MB (blocks) and 64 MB (free top), where glibc's own adaptation ends up in a
-    process running torch."""
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    libc.mallopt(_M_TRIM_THRESHOLD, TRIM_DURING_JOB)
+    were in use at the peak anyway: +5 % on the mosaic). When the job ends, what is free is handed back
+    (`malloc_trim`) and the process keeps thresholds of 32 MB (blocks) and 64 MB (free top), where glibc's own
+    adaptation ends up in a process running torch."""
+    libc = keep_heap_for_life()
     try:
         yield
     finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_AFTER_JOB)
-        libc.malloc_trim(0)
+        if libc is not None:
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_AFTER_JOB)
+            libc.malloc_trim(0)
 
 
-def keep_heap_for_life() -> None:
-    """`heap_kept` for a process that lives for one job (a Ray actor): never handed back."""
+def keep_heap_for_life():
+    """`heap_kept` for a process that lives for one job (a Ray actor): never handed back. The C library where it
+    is glibc, else None (nothing changed)."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(_M_TRIM_THRESHOLD, TRIM_DURING_JOB)
+    return libc

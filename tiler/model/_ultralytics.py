@@ -145,8 +145,8 @@ def setup_predictor(model, args: dict, bf16: bool = False):
         ul.model.backend.model = bf16_network(net)
     # one tiny public predict call sets the input size and source handling the documented way; then the model
     # gets its own predictor back, so that the caller's `model.predict(conf=...)` never changes tiler's. It runs
-    # at 32 px, then the input size is set back: at the job's size it was a whole forward pass (0.05 s here,
-    # a fifth of loading the model) warming up nothing the job's first batch, of another shape, would reuse
+    # at 32 px, then the input size is set back: at the job's size it was a whole forward pass (0.07-0.09 s here,
+    # a third of loading the model) warming up nothing the job's first batch, of another shape, would reuse
     previous, model.predictor = model.predictor, ul
     tiny = [np.zeros((32, 32, 3), dtype=np.uint8)]
     try:
