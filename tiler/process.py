@@ -56,7 +56,7 @@ def heap_kept() -> Iterator[None]:
     were in use at the peak anyway: +5 % on the mosaic). When the job ends, what is free is handed back
     (`malloc_trim`) and the process keeps thresholds of 32 MB (blocks) and 64 MB (free top), where glibc's own
     adaptation ends up in a process running torch."""
-    libc = keep_heap_for_life()
+    libc = _keep_heap()
     try:
         yield
     finally:
@@ -65,9 +65,17 @@ def heap_kept() -> Iterator[None]:
             libc.malloc_trim(0)
 
 
-def keep_heap_for_life():
-    """`heap_kept` for a process that lives for one job (a Ray actor): never handed back. The C library where it
-    is glibc, else None (nothing changed)."""
+def settle_for_life() -> None:
+    """What `objects_frozen` and `heap_kept` do for a job, for a process that lives for one job (a Ray actor, once
+    its model is loaded): what exists now stays out of the garbage collector's full passes, and what it frees stays
+    for its next batch; neither is handed back."""
+    gc.freeze()
+    _keep_heap()
+
+
+def _keep_heap():
+    """glibc's thresholds set as `heap_kept` keeps them while a job runs; the C library where it is glibc, else
+    None (nothing changed)."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -76,12 +76,11 @@ def candidate_pairs(boxes: np.ndarray, iou_threshold: float, starts: np.ndarray 
     docstring): regular boxes grown to their radii whose extents meet, and every pair with a box that is not
     regular. With `starts` (k + 1 offsets), boxes[starts[m]:starts[m + 1]] are image m's and pairs are within an
     image. None where the pairs of irregular boxes would exceed `_MAX_DENSE_PAIRS` (the caller goes dense)."""
-    n = len(boxes)
-    starts = np.array([0, n], dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
-    x, y, w, h, r = (boxes[:, k].astype(np.float64) for k in range(5))
     if iou_threshold >= 1:  # probiou never exceeds 1: nothing is suppressed
         empty = np.empty(0, dtype=np.int64)
         return empty, empty.copy()
+    starts = np.array([0, len(boxes)], dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
+    x, y, w, h, r = (boxes[:, k].astype(np.float64) for k in range(5))
     cos2, sin2 = np.cos(r) ** 2, np.sin(r) ** 2
     w2, h2 = w * w, h * h
     var_x, var_y = (w2 * cos2 + h2 * sin2) / 12, (w2 * sin2 + h2 * cos2) / 12
@@ -122,7 +121,8 @@ def _suppressed(boxes: torch.Tensor, i: np.ndarray, j: np.ndarray, iou_threshold
     return suppressed
 
 
-def sparse_rotated_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def sparse_rotated_fast_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float
+                            ) -> torch.Tensor | None:
     """`TorchNMS.fast_nms(boxes, scores, iou_threshold, iou_func=batch_probiou)`'s result (indices of kept
     boxes, by descending score), for ``iou_threshold >= MIN_SPARSE_IOU``; None where `candidate_pairs` gives up
     (many irregular boxes: use the dense one)."""

@@ -15,7 +15,6 @@ its frame as failed, naming the window, and goes on.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import pickle
@@ -107,10 +106,8 @@ class PredictActor:
         self.cfg = cfg.replace(**changes)
         self.predictor = make_predictor(self.cfg)
         # this process lives for the job: its modules and model stay out of the garbage collector's full passes
-        # (0.1 s each with torch loaded, several per job), and what it frees stays for its next batch (see
-        # tiler.process)
-        gc.freeze()
-        process.keep_heap_for_life()
+        # (0.1 s each with torch loaded, several per job), and what it frees stays for its next batch
+        process.settle_for_life()
         import ray
 
         # reported once, with this actor's first batch, so the driver can count restarts
